@@ -1,0 +1,16 @@
+"""Pure-torch RaMBO ranking core: blackbox-differentiated exact ranks and rank-based losses.
+
+Imports nothing from mmdet or mmcv.
+"""
+from .blackbox import BlackboxPositiveRanks, rank_positives
+from .counting import PositiveSet
+from .losses import (as_positive_set, average_precision_loss, check_scores, mean_ap_loss,
+                     recall_loss)
+from .memory import ScoreMemory
+from .reference import ArgsortBlackboxRanks, argsort_ranks
+
+__all__ = [
+    'BlackboxPositiveRanks', 'PositiveSet', 'as_positive_set', 'rank_positives', 'average_precision_loss',
+    'check_scores', 'mean_ap_loss', 'recall_loss', 'ScoreMemory', 'ArgsortBlackboxRanks',
+    'argsort_ranks'
+]

@@ -1,0 +1,215 @@
+"""Exact rank counting for the positives of many rankings at once, without sorting all scores.
+
+A *ranking* here is one column of a score matrix ``scores`` of shape ``[n, G]``: ``G`` independent
+rankings (groups) of length ``n`` each, with a boolean ``positive`` mask of the same shape.
+
+Rank convention (rank 1 = highest score)::
+
+    rk(i) = 1 + #{positives j of the group: s_j > s_i} + #{negatives j of the group: s_j >= s_i}
+
+that is, positives tied with each other share a rank, and **a negative tied with a positive ranks
+above it** (ties never flatter a positive). For a negative ``j`` only the number of positives strictly
+above it matters to the blackbox gradient; it is ``P_g - placement_j`` with
+``placement_j = #{positives i of the group: s_i <= s_j}``.
+
+Only the ``P`` positives are sorted (by ``(group, score)``, via order-preserving integer keys). The
+negatives are then placed among the sorted positives of their own group with ``searchsorted``, and a
+histogram of placements gives, by suffix sums, the number of negatives above each positive. Two
+strategies place the negatives, with identical results:
+
+- *sparse*: only the negatives scoring at or above the lowest positive of their group (the only ones
+  that can change a rank) are gathered, keyed by ``(group, score)`` and placed in the flat sorted
+  keys. ``O(nG)`` filtering + ``O(k log P)`` for ``k`` surviving negatives. Best when most negatives
+  score below the positives (a trained detector).
+- *dense*: every entry is placed by one batched ``searchsorted`` of each group against a
+  ``[G, P_max]`` table of its sorted positive scores (padded with ``+inf``). No gather, no index
+  lists. Best when most negatives survive the filter (logits near the prior, at initialisation).
+"""
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ['float_order_keys', 'group_keys', 'PositiveSet', 'SortedPositives', 'sort_positives',
+           'candidate_floor', 'negative_candidates', 'place_sparse', 'place_dense', 'sparse_bins', 'dense_bins',
+           'negatives_above']
+
+_SIGN_FLIP = 0x7FFFFFFF
+_KEY_OFFSET = 1 << 31
+_GROUP_SHIFT = 32
+
+
+def float_order_keys(scores: Tensor) -> Tensor:
+    """Map float32 scores to int64 keys with the same order (equal floats give equal keys).
+
+    ``-0.0`` is folded into ``+0.0`` first (they compare equal as floats). NaN must be excluded by
+    the caller.
+
+    Args:
+        scores (Tensor): float32 tensor of any shape.
+
+    Returns:
+        Tensor: int64 tensor of the same shape, values in ``[0, 2**32)``.
+    """
+    bits = (scores + 0.0).view(torch.int32)
+    ordered = torch.where(bits < 0, bits ^ _SIGN_FLIP, bits)
+    return ordered.to(torch.int64) + _KEY_OFFSET
+
+
+def group_keys(scores: Tensor, groups: Tensor) -> Tensor:
+    """Keys ordering entries by ``(group, score)``: ``groups << 32 | float_order_keys(scores)``."""
+    return (groups.to(torch.int64) << _GROUP_SHIFT) | float_order_keys(scores)
+
+
+class PositiveSet(NamedTuple):
+    """The positives of a ``[n, G]`` ranking problem, in row-major (``nonzero``) order.
+
+    Attributes:
+        flat_index (Tensor): ``[P]`` int64, index into ``scores.view(-1)``.
+        group (Tensor): ``[P]`` int64, the column (ranking) of each positive.
+        group_start (Tensor): ``[G]`` int64; with ``group_end`` (``[G]``): the positives of group
+            ``g`` occupy positions ``[group_start[g], group_end[g])`` of a group-major sorted order.
+        max_count (int): the largest number of positives in one group.
+    """
+    flat_index: Tensor
+    group: Tensor
+    group_start: Tensor
+    group_end: Tensor
+    max_count: int
+
+    @classmethod
+    def from_flat_index(cls, flat_index: Tensor, num_groups: int) -> 'PositiveSet':
+        """Build from sorted flat indices into a ``[n, num_groups]`` matrix (one host sync: the
+        max count)."""
+        group = flat_index % num_groups
+        count = torch.bincount(group, minlength=num_groups)
+        group_end = count.cumsum(0)
+        max_count = int(count.max()) if flat_index.numel() else 0
+        return cls(flat_index, group, group_end - count, group_end, max_count)
+
+    @classmethod
+    def from_mask(cls, positive: Tensor) -> 'PositiveSet':
+        """Build from a ``[n, G]`` boolean mask (host syncs: ``nonzero`` and the max count)."""
+        return cls.from_flat_index(positive.reshape(-1).nonzero().squeeze(1), positive.shape[1])
+
+    @classmethod
+    def from_labels(cls, labels: Tensor, num_classes: int, flatten: bool = False) -> 'PositiveSet':
+        """Positives of a ``[n, C]`` class-score matrix from ``[n]`` labels (``C`` = background).
+
+        With ``flatten`` the matrix is seen as one ranking ``[n * C, 1]`` (the interclass AP).
+        """
+        rows = (labels < num_classes).nonzero().squeeze(1)
+        flat_index = rows * num_classes + labels[rows]
+        return cls.from_flat_index(flat_index, 1 if flatten else num_classes)
+
+    def contains(self, flat_index: Tensor) -> Tensor:
+        """Bool mask: which of the given flat indices are positives."""
+        if self.flat_index.numel() == 0:
+            return torch.zeros_like(flat_index, dtype=torch.bool)
+        where = torch.searchsorted(self.flat_index, flat_index).clamp_(max=self.flat_index.numel() - 1)
+        return self.flat_index[where] == flat_index
+
+
+class SortedPositives(NamedTuple):
+    """Positive scores sorted by ``(group, score)``.
+
+    Attributes:
+        keys (Tensor): ``[P]`` int64 sorted group keys.
+        order (Tensor): ``[P]`` int64, ``keys = group_keys(...)[order]``.
+        at_or_below (Tensor): ``[P]`` int64, for each positive (original order), the sorted position
+            just past the last positive of its group with a score ``<=`` its own.
+    """
+    keys: Tensor
+    order: Tensor
+    at_or_below: Tensor
+
+
+def sort_positives(pos_scores: Tensor, positives: PositiveSet) -> SortedPositives:
+    """Sort ``[P]`` positive scores by group, then score (ascending)."""
+    pos_keys = group_keys(pos_scores, positives.group)
+    keys, order = torch.sort(pos_keys)
+    return SortedPositives(keys, order, torch.searchsorted(keys, pos_keys, right=True))
+
+
+def candidate_floor(scores: Tensor, positives: PositiveSet, pos_floor: Tensor) -> Tensor:
+    """``[G]`` lowest ``pos_floor`` of each group (``+inf`` for a group without positives)."""
+    floor = scores.new_full((scores.shape[1],), float('inf'))
+    return floor.scatter_reduce(0, positives.group, pos_floor, reduce='amin')
+
+
+def negative_candidates(scores: Tensor, positives: PositiveSet, floor: Tensor) -> Tensor:
+    """Flat indices of the negatives that can matter: those scoring at or above the ``floor`` of
+    their group (:func:`candidate_floor`; in the backward, of the lower of original and perturbed
+    positive scores). ``[k]`` int64, ascending."""
+    index = (scores >= floor).view(-1).nonzero().squeeze(1)
+    return index[~positives.contains(index)]
+
+
+def place_sparse(sorted_pos: SortedPositives, neg_scores: Tensor, neg_group: Tensor) -> Tensor:
+    """Placement of ``[k]`` candidate negatives: global sorted position just past the positives of
+    their group scoring ``<=`` them (``group_start + #{pos <= s}``)."""
+    return torch.searchsorted(sorted_pos.keys, group_keys(neg_scores, neg_group), right=True)
+
+
+def place_dense(sorted_pos: SortedPositives, positives: PositiveSet, pos_scores: Tensor,
+                scores_by_group: Tensor) -> Tensor:
+    """Placement of every entry of ``scores_by_group`` (``[G, n]``) inside its group: ``[G, n]``
+    int32 ``#{positives of the group scoring <= s}`` (entries that are positives included)."""
+    num_groups = scores_by_group.shape[0]
+    table = pos_scores.new_full((num_groups, max(positives.max_count, 1)), float('inf'))
+    sorted_group = positives.group[sorted_pos.order]
+    within = torch.arange(sorted_group.numel(), device=table.device) \
+        - positives.group_start[sorted_group]
+    table[sorted_group, within] = pos_scores[sorted_pos.order]
+    return torch.searchsorted(table, scores_by_group, right=True, out_int32=True)
+
+
+def negatives_above(sorted_pos: SortedPositives, positives: PositiveSet, bins: Tensor) -> Tensor:
+    """Number of negatives at or above each positive, from the negatives' histogram bins.
+
+    Args:
+        bins (Tensor): ``[P + 1]`` int64; ``bins[q]`` (``q < P``) counts the negatives whose lowest
+            positive at-or-below is sorted position ``q``; ``bins[P]`` is a spare bin for negatives
+            below every positive of their group.
+
+    Returns:
+        Tensor: ``[P]`` int64, in the original order of the positives.
+    """
+    num_pos = sorted_pos.keys.numel()
+    suffix = torch.cat([bins[:num_pos].flip(0).cumsum(0).flip(0), bins.new_zeros(1)])
+    sorted_end = positives.group_end[sorted_pos.keys >> _GROUP_SHIFT]
+    above_sorted = suffix[:num_pos] - suffix[sorted_end]
+    above = torch.empty_like(above_sorted)
+    above[sorted_pos.order] = above_sorted
+    return above
+
+
+def sparse_bins(sorted_pos: SortedPositives, positives: PositiveSet, placement: Tensor,
+                neg_group: Tensor) -> Tensor:
+    """Histogram bins (see :func:`negatives_above`) of sparse placements."""
+    num_pos = sorted_pos.keys.numel()
+    above_any = placement > positives.group_start[neg_group]
+    return torch.bincount(torch.where(above_any, placement - 1, num_pos), minlength=num_pos + 1)
+
+
+def dense_bins(sorted_pos: SortedPositives, positives: PositiveSet,
+               placement: Tensor) -> Tensor:
+    """Histogram bins (see :func:`negatives_above`) of dense ``[G, n]`` placements.
+
+    The positives themselves were placed too; their own contributions are removed.
+    """
+    num_groups, length = placement.shape
+    width = max(positives.max_count, 1) + 1
+    offsets = torch.arange(num_groups, device=placement.device, dtype=placement.dtype) * width
+    binned = (placement + offsets[:, None]).view(-1)
+    per_group = torch.bincount(binned, minlength=num_groups * width)
+    own = binned[positives.group * length + positives.flat_index // num_groups]
+    per_group = per_group.index_add(0, own.long(), torch.full_like(per_group[:1], -1).expand(
+        own.numel())).view(num_groups, width)
+    # Group-local placement t >= 1 lands in global bin group_start + t - 1; t = 0 in the spare bin.
+    num_pos = sorted_pos.keys.numel()
+    bins = per_group.new_zeros(num_pos + 1)
+    counts = positives.group_end - positives.group_start
+    valid = torch.arange(1, width, device=placement.device)[None, :] <= counts[:, None]
+    target = positives.group_start[:, None] + torch.arange(width - 1, device=placement.device)
+    return bins.index_put_((target[valid],), per_group[:, 1:][valid], accumulate=True)
