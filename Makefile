@@ -1,0 +1,39 @@
+# rambo_mmdet: entry points. Everything runs in the project environment built by
+# tools/setup_env.sh (default .venv at the repo root; RAMBO_VENV=/path overrides it).
+#
+#   make demo               build the env if needed, then run the demo (tools/demo.sh)
+#   make test               build the env if needed, then: $(VENV)/bin/python -m pytest -q tests
+#   make env                build / refresh the env only (idempotent: seconds when up to date)
+#   make benchmark-loss     $(VENV)/bin/python tools/benchmark_loss.py
+#   make benchmark-quality  $(VENV)/bin/python tools/benchmark_quality.py
+#   make clean-env          delete the env
+#
+# `make test` fails exactly when pytest exits non-zero, including exit 5 ("no tests collected");
+# make then prints pytest's status ("make: *** [Makefile:..: test] Error 5") and exits 2.
+
+VENV := $(if $(RAMBO_VENV),$(RAMBO_VENV),.venv)
+PYTHON := $(VENV)/bin/python
+
+.PHONY: env test demo benchmark-loss benchmark-quality clean-env
+
+env:
+	bash tools/setup_env.sh
+
+test: env
+	$(PYTHON) -m pytest -q tests
+
+demo: env
+	@if [ -f tools/demo.sh ]; then \
+		bash tools/demo.sh; \
+	else \
+		echo "make demo: the demo is not yet available (tools/demo.sh does not exist yet)"; \
+	fi
+
+benchmark-loss:
+	$(PYTHON) tools/benchmark_loss.py
+
+benchmark-quality:
+	$(PYTHON) tools/benchmark_quality.py
+
+clean-env:
+	rm -rf -- "$(VENV)"

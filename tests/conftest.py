@@ -1,0 +1,44 @@
+"""Shared pytest fixtures of the rambo_mmdet test suite.
+
+Run the suite with ``make test`` (= ``.venv/bin/python -m pytest -q tests``).
+"""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tmp_workdir(tmp_path, monkeypatch):
+    """A fresh temporary directory that is also the current working directory."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def run_python(tmp_path):
+    """Run a Python snippet in a fresh interpreter (this venv's), cwd ``tmp_path``.
+
+    Use it for behaviour that depends on process-wide state (``sys.modules``, import order,
+    registries). Returns the ``subprocess.CompletedProcess``; ``check=True`` (default) fails the
+    test with the child's output when it exits non-zero.
+    """
+
+    def run(code, *, check=True, timeout=180, env=None):
+        full_env = dict(os.environ)
+        full_env.setdefault('PYTHONWARNINGS', 'ignore')
+        if env:
+            full_env.update(env)
+        proc = subprocess.run([sys.executable, '-c', textwrap.dedent(code)], cwd=tmp_path,
+                              env=full_env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            pytest.fail(f'child python exited {proc.returncode}\n--- stdout ---\n{proc.stdout}'
+                        f'\n--- stderr ---\n{proc.stderr}')
+        return proc
+
+    return run

@@ -1,0 +1,264 @@
+"""The pure-torch ranking core against independent oracles (loops, argsort, sklearn)."""
+import pytest
+import torch
+from ranking_oracle import loop_ranks, oracle_map_loss, oracle_recall_loss
+from sklearn.metrics import average_precision_score
+
+import rambo_mmdet.ranking.blackbox as blackbox
+from rambo_mmdet.ranking import (ArgsortBlackboxRanks, PositiveSet, ScoreMemory,
+                                 average_precision_loss, mean_ap_loss, rank_positives,
+                                 recall_loss)
+from rambo_mmdet.ranking.counting import float_order_keys
+
+STRATEGIES = {'sparse': 2.0, 'dense': 0.0, 'auto': blackbox.DENSE_FRACTION}
+
+
+@pytest.fixture(params=sorted(STRATEGIES))
+def strategy(request, monkeypatch):
+    """Run a test with the sparse path forced, the dense path forced, and the automatic choice."""
+    monkeypatch.setattr(blackbox, 'DENSE_FRACTION', STRATEGIES[request.param])
+    return request.param
+
+
+def random_problem(seed, ties=False, max_n=30, max_groups=5, pos_rate=0.3):
+    gen = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, max_n, (), generator=gen))
+    groups = int(torch.randint(1, max_groups, (), generator=gen))
+    scores = torch.randn(n, groups, generator=gen)
+    if ties:  # many exact ties, between positives and negatives too
+        scores = (scores * 2).round() / 2
+    positive = torch.rand(n, groups, generator=gen) < pos_rate
+    return scores, positive
+
+
+def rank_units(grad, n, lambda_val):
+    """Gradients in units of integer rank changes (exact comparisons)."""
+    return (grad * n * lambda_val).round()
+
+
+def grads_of(loss_fn, scores, *args):
+    x = scores.clone().requires_grad_()
+    loss = loss_fn(x, *args)
+    loss.backward()
+    return loss.detach(), x.grad
+
+
+@pytest.mark.parametrize('seed', range(60))
+def test_map_loss_matches_loop_oracle(seed, strategy):
+    scores, positive = random_problem(seed, ties=seed % 3 == 0)
+    lambda_val = [0.1, 0.5, 2.0, 10.0][seed % 4]
+    margin = [0.0, 0.15, 1.0][seed % 3]
+    loss, grad = grads_of(mean_ap_loss, scores, positive, lambda_val, margin)
+    ref_loss, ref_grad = grads_of(oracle_map_loss, scores, positive, lambda_val, margin)
+    n = scores.shape[0]
+    assert torch.allclose(loss, ref_loss, atol=1e-6)
+    assert torch.equal(rank_units(grad, n, lambda_val), rank_units(ref_grad, n, lambda_val))
+
+
+@pytest.mark.parametrize('seed', range(30))
+@pytest.mark.parametrize('log_log', [False, True])
+def test_recall_loss_matches_loop_oracle(seed, log_log, strategy):
+    scores, positive = random_problem(1000 + seed, ties=seed % 2 == 0)
+    lambda_val, margin = [0.5, 3.0][seed % 2], [0.0, 0.15, 0.5][seed % 3]
+    loss, grad = grads_of(recall_loss, scores, positive, lambda_val, margin, log_log)
+    ref_loss, ref_grad = grads_of(oracle_recall_loss, scores, positive, lambda_val, margin,
+                                  log_log)
+    n = scores.shape[0]
+    assert torch.allclose(loss, ref_loss, atol=1e-5)
+    assert torch.equal(rank_units(grad, n, lambda_val), rank_units(ref_grad, n, lambda_val))
+
+
+def argsort_map_loss(scores, positive, lambda_val):
+    """The same mAP loss through the paper's argsort(argsort) blackbox ranker (full ranks)."""
+    n = scores.shape[0]
+    ranks = ArgsortBlackboxRanks.apply(scores, lambda_val)
+    among = torch.where(positive, scores, torch.full_like(scores, -float('inf')))
+    among_ranks = (torch.argsort(torch.argsort(among, 0, descending=True), 0) + 1).float() / n
+    precision = torch.where(positive, among_ranks / ranks, torch.zeros_like(ranks))
+    count = positive.sum(0)
+    ap = precision.sum(0) / count.clamp(min=1)
+    return ((1 - ap) * (count > 0)).sum() / (count > 0).sum().clamp(min=1)
+
+
+@pytest.mark.parametrize('seed', range(8))
+def test_gradients_equal_argsort_reference_exactly(seed, strategy):
+    gen = torch.Generator().manual_seed(seed)
+    n, groups = [(500, 7), (2000, 3), (300, 1), (1000, 20)][seed % 4]
+    scores = torch.randn(n, groups, generator=gen)  # continuous: tie-free
+    positive = torch.rand(n, groups, generator=gen) < [0.01, 0.1, 0.3, 0.05][seed % 4]
+    if seed % 2:  # 'trained': negatives far below
+        scores = torch.where(positive, scores + 1, scores - 1)
+    lambda_val = [0.5, 0.1, 2.0, 0.5][seed % 4]
+    loss, grad = grads_of(mean_ap_loss, scores, positive, lambda_val, 0.0)
+    ref_loss, ref_grad = grads_of(argsort_map_loss, scores, positive, lambda_val)
+    assert torch.allclose(loss, ref_loss, atol=1e-6)
+    assert torch.equal(rank_units(grad, n, lambda_val), rank_units(ref_grad, n, lambda_val))
+    assert grad.abs().sum() > 0  # the comparison is not vacuous
+
+
+def test_tie_between_positive_and_negative_never_flatters_the_positive(strategy):
+    scores = torch.tensor([[2.0], [1.0], [1.0], [0.0]])
+    positive = torch.tensor([[False], [True], [False], [True]])
+    rank, among = rank_positives(scores, PositiveSet.from_mask(positive), 0.5)
+    # the tied negative ranks above the positive at 1.0: rk = 3, not 2
+    assert (rank * 4).round().tolist() == [3.0, 4.0]
+    assert (among * 4).round().tolist() == [1.0, 2.0]
+    assert loop_ranks(scores, positive)[1, 0] == 3
+    # positives tied with positives share a rank
+    scores = torch.tensor([[1.0], [1.0], [0.5]])
+    positive = torch.tensor([[True], [True], [False]])
+    rank, among = rank_positives(scores, PositiveSet.from_mask(positive), 0.5)
+    assert (rank * 3).round().tolist() == [1.0, 1.0]
+
+
+def test_negative_zero_equals_positive_zero():
+    keys = float_order_keys(torch.tensor([-0.0, 0.0, -1e-30, 1e-30, -float('inf'), 3.0]))
+    assert keys[0] == keys[1]
+    assert keys[4] < keys[2] < keys[1] < keys[3] < keys[5]
+
+
+@pytest.mark.parametrize('seed', range(10))
+def test_ap_equals_sklearn_on_tie_free_data(seed, strategy):
+    gen = torch.Generator().manual_seed(seed)
+    n, groups = 200, 4
+    scores = torch.randn(n, groups, generator=gen)
+    positive = torch.rand(n, groups, generator=gen) < 0.2
+    positive[0] = True  # every column has a positive
+    loss, _ = average_precision_loss(scores, positive, 0.5, margin=0.0)
+    expected = [average_precision_score(positive[:, g].numpy(), scores[:, g].numpy())
+                for g in range(groups)]
+    assert torch.allclose(1 - loss, torch.tensor(expected, dtype=torch.float32), atol=1e-6)
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_step_along_negative_gradient_lowers_the_loss(seed):
+    """Finite-difference sanity: the piecewise-constant loss goes down along -grad on average."""
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randn(400, 6, generator=gen)
+    positive = torch.rand(400, 6, generator=gen) < 0.1
+    x = scores.clone().requires_grad_()
+    loss = mean_ap_loss(x, positive, 0.5, 0.15)
+    loss.backward()
+    direction = x.grad / x.grad.norm()
+    drops = []
+    for step in (0.5, 1.0, 2.0, 4.0):
+        moved = mean_ap_loss(scores - step * direction, positive, 0.5, 0.15)
+        drops.append(float(loss - moved))
+    assert sum(drops) / len(drops) > 0
+    up = mean_ap_loss(scores + 2.0 * direction, positive, 0.5, 0.15)
+    assert up > loss
+
+
+def test_no_positives_gives_zero_loss_zero_grad_graph_intact(strategy):
+    x = torch.randn(50, 3, requires_grad=True)
+    none = torch.zeros(50, 3, dtype=torch.bool)
+    for loss in (mean_ap_loss(x, none), recall_loss(x, none)):
+        assert loss.item() == 0.0 and loss.requires_grad
+        x.grad = None
+        loss.backward()
+        assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_empty_input_and_single_class():
+    x = torch.zeros(0, 4, requires_grad=True)
+    loss = mean_ap_loss(x, torch.zeros(0, 4, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == 0.0
+    x = torch.tensor([[0.3], [0.9], [-0.2]], requires_grad=True)
+    loss = mean_ap_loss(x, torch.tensor([[True], [False], [False]]), 0.5, 0.0)
+    assert loss.item() == pytest.approx(0.5)  # the positive ranks 2nd: AP = 1/2
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf'), -float('inf')])
+def test_non_finite_scores_raise_a_clear_error(bad):
+    x = torch.randn(10, 2)
+    x[3, 1] = bad
+    with pytest.raises(ValueError, match='NaN/Inf'):
+        mean_ap_loss(x, torch.rand(10, 2) < 0.5)
+
+
+def test_malformed_input_raises():
+    with pytest.raises(ValueError, match=r'shape \[n, G\]'):
+        mean_ap_loss(torch.randn(10), torch.ones(10, dtype=torch.bool))
+    with pytest.raises(ValueError, match='positive mask'):
+        mean_ap_loss(torch.randn(10, 2), torch.ones(10, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match='lambda_val'):
+        mean_ap_loss(torch.randn(10, 2), torch.ones(10, 2, dtype=torch.bool), lambda_val=0)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_precision_input_computes_in_float32(dtype):
+    scores, positive = random_problem(7, max_n=200)
+    x = scores.to(dtype).requires_grad_()
+    loss = mean_ap_loss(x, positive, 0.5, 0.15)
+    loss.backward()
+    assert loss.dtype == torch.float32 and x.grad.dtype == dtype
+    ref = mean_ap_loss(scores.to(dtype).float(), positive, 0.5, 0.15)
+    assert torch.allclose(loss, ref)
+
+
+def test_large_ranks_do_not_overflow():
+    """Rank arithmetic is int64: ranks beyond 2**24 (float32's exact integers) stay exact."""
+    n = 2**24 + 10
+    scores = torch.zeros(n, 1)
+    scores[-1] = -1.0
+    positive = torch.zeros(n, 1, dtype=torch.bool)
+    positive[-1] = True
+    rank, among = rank_positives(scores, PositiveSet.from_mask(positive), 0.5)
+    assert among.item() == pytest.approx(1 / n)
+    assert rank.item() == 1.0  # the positive is last: rk = n
+
+
+class TestScoreMemory:
+
+    def test_bounded_detached_and_ordered(self):
+        memory = ScoreMemory(num_batches=3, max_rows=5)
+        for step in range(5):
+            scores = torch.full((8, 2), float(step), requires_grad=True) * 1.0
+            labels = torch.tensor([2, 2, 0, 2, 2, 2, 1, 2])
+            memory.push(scores, labels)
+        assert len(memory) == 3
+        stacked, labels = memory.extend(torch.zeros(1, 2), torch.tensor([2]))
+        assert stacked.shape == (1 + 3 * 5, 2) and not stacked[1:].requires_grad
+        assert stacked[1:, 0].tolist() == [2.0] * 5 + [3.0] * 5 + [4.0] * 5
+        # positive rows are always kept when a batch is cut to max_rows
+        assert (labels[1:] < 2).sum() == 3 * 2
+
+    def test_keeps_no_graph_alive(self):
+        memory = ScoreMemory(num_batches=2)
+        x = torch.randn(4, 3, requires_grad=True)
+        memory.push(x * 2, torch.tensor([0, 1, 3, 3]))
+        stored = memory.extend(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))[0]
+        assert stored.grad_fn is None and not stored.requires_grad
+
+    def test_moves_with_module(self):
+        memory = ScoreMemory(num_batches=2)
+        memory.push(torch.randn(4, 3), torch.tensor([0, 1, 3, 3]))
+        memory.to(torch.float64)  # dtype casts leave the float32 memory as it is
+        memory.to('cpu')
+        assert memory._batches[0][0].dtype == torch.float32
+
+    def test_class_count_change_resets(self):
+        memory = ScoreMemory(num_batches=4)
+        memory.push(torch.randn(4, 3), torch.tensor([0, 1, 3, 3]))
+        memory.push(torch.randn(4, 5), torch.tensor([0, 1, 5, 5]))
+        assert len(memory) == 1
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_any_upstream_gradient_matches_argsort_reference(seed, strategy):
+    """The ranker alone, with upstream gradients of both signs (positives moving down too)."""
+    gen = torch.Generator().manual_seed(seed)
+    n, groups = 400, 3
+    scores = torch.randn(n, groups, generator=gen)
+    positive = torch.rand(n, groups, generator=gen) < 0.1
+    upstream = torch.randn(int(positive.sum()), generator=gen) * 50
+    x = scores.clone().requires_grad_()
+    rank, _ = rank_positives(x, PositiveSet.from_mask(positive), 0.5)
+    (rank * upstream).sum().backward()
+    y = scores.clone().requires_grad_()
+    ranks = ArgsortBlackboxRanks.apply(y, 0.5)
+    order = PositiveSet.from_mask(positive).flat_index
+    (ranks.reshape(-1)[order] * upstream).sum().backward()
+    assert torch.equal(rank_units(x.grad, n, 0.5), rank_units(y.grad, n, 0.5))
+    assert (x.grad > 0).any() and (x.grad < 0).any()
