@@ -150,7 +150,8 @@ class RaMBOAPLoss(nn.Module):
         num_classes = cls_score.shape[1]
         scores, labels = cls_score, labels.long()
         if label_weights is not None:
-            keep = label_weights.reshape(label_weights.shape[0], -1).amax(dim=1) > 0
+            keep = (label_weights if label_weights.dim() == 1 else
+                    label_weights.flatten(1).amax(dim=1)) > 0
             if not bool(keep.all()):
                 scores, labels = scores[keep], labels[keep]
         if self.score_activation == 'sigmoid':
