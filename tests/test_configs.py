@@ -1,0 +1,165 @@
+"""The shipped configs: they load, their models build, and small versions train and predict.
+
+No network: backbones are built with ``init_cfg=None`` (no ImageNet download). The train/predict
+tests shrink the shipped models to ResNet-18 and two 128x128 images; everything RaMBO-specific
+(heads, loss, test_cfg) is the shipped config's.
+"""
+import copy
+import glob
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+
+import rambo_mmdet  # noqa: F401
+from mmdet.registry import MODELS
+from mmdet.testing import demo_mm_inputs
+from mmdet.utils import register_all_modules
+
+register_all_modules()
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*.py')))
+PAPER = dict(type='RaMBOAPLoss', use_sigmoid=True, lambda_val=0.5, margin=0.15,
+             memory_batches=7, interclass_weight=1 / 3, loss_weight=1.0)
+
+needs_loss = pytest.mark.skipif(MODELS.get('RaMBOAPLoss') is None,
+                                reason='RaMBOAPLoss is not registered by rambo_mmdet (yet)')
+
+
+def config_name(path):
+    return osp.basename(path)
+
+
+def rambo_head_cfg(cfg):
+    """The head config that carries the ranking loss (RoI box head or dense head)."""
+    model = cfg.model
+    return model.roi_head.bbox_head if 'roi_head' in model else model.bbox_head
+
+
+def without_pretrained(model_cfg):
+    model_cfg = copy.deepcopy(model_cfg)
+    model_cfg.backbone.init_cfg = None
+    return model_cfg
+
+
+def test_all_expected_configs_are_shipped():
+    names = {config_name(p) for p in CONFIGS}
+    assert {'faster_rcnn_rambo.py', 'retinanet_rambo.py', 'faster_rcnn_rambo_voc0712.py',
+            'retinanet_rambo_voc0712.py', 'faster_rcnn_rambo_voc0712_cocofmt.py'} <= names
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=config_name)
+def test_config_loads_with_paper_settings(path):
+    cfg = Config.fromfile(path)
+    assert 'rambo_mmdet' in cfg.custom_imports.imports
+    assert not cfg.custom_imports.allow_failed_imports
+    head = rambo_head_cfg(cfg)
+    loss = head.loss_cls.to_dict()
+    assert loss == pytest.approx(PAPER), loss  # _delete_ dropped the stock CE/focal keys
+    if 'roi_head' in cfg.model:
+        assert cfg.model.test_cfg.rcnn.score_thr == 0.0
+        assert cfg.model.test_cfg.rcnn.max_per_img == 100
+    else:
+        assert head.type == 'RaMBORetinaHead'
+        assert cfg.model.test_cfg.score_thr == 0.0
+        assert cfg.model.test_cfg.max_per_img == 100
+    if 'voc0712' in path:
+        assert head.num_classes == 20
+        metric = cfg.val_evaluator.type
+        assert metric == ('CocoMetric' if 'cocofmt' in path else 'VOCMetric')
+    else:
+        assert head.num_classes == 80
+
+
+@needs_loss
+@pytest.mark.parametrize('path', CONFIGS, ids=config_name)
+def test_config_model_builds(path):
+    cfg = Config.fromfile(path)
+    model = MODELS.build(without_pretrained(cfg.model))
+    head = model.roi_head.bbox_head if hasattr(model, 'roi_head') else model.bbox_head
+    assert type(head.loss_cls).__name__ == 'RaMBOAPLoss'
+    num_classes = head.num_classes
+    if hasattr(model, 'roi_head'):
+        # get_cls_channels: one sigmoid logit per class, no background logit
+        assert head.fc_cls.out_features == num_classes
+    else:
+        assert head.cls_out_channels == num_classes
+
+
+def small_model(path, rambo_rpn=False):
+    """The shipped model with a ResNet-18 backbone (no pretrained weights) and, for Faster R-CNN,
+    fewer proposals and sampled RoIs (CPU time); heads, loss and score_thr stay as shipped.
+    ``rambo_rpn``: also rank the RPN's objectness with RaMBORPNHead + RaMBOAPLoss."""
+    cfg = Config.fromfile(path)
+    if rambo_rpn:
+        cfg.merge_from_dict(dict(model=dict(rpn_head=dict(
+            type='RaMBORPNHead', loss_cls=dict(_delete_=True, type='RaMBOAPLoss',
+                                              use_sigmoid=True)))))
+    model_cfg = without_pretrained(cfg.model)
+    model_cfg.backbone.depth = 18
+    model_cfg.neck.in_channels = [64, 128, 256, 512]
+    if 'roi_head' in model_cfg:
+        model_cfg.train_cfg.rpn_proposal.max_per_img = 300
+        model_cfg.train_cfg.rcnn.sampler.num = 128
+        model_cfg.test_cfg.rpn.max_per_img = 300
+    torch.manual_seed(0)
+    model = MODELS.build(model_cfg)
+    model.init_weights()  # as the Runner does: mmdet's head inits (cls prior, std 0.01)
+    return model
+
+
+@pytest.fixture
+def one_thread():
+    """Run single-threaded (restored after): on a busy 2-core machine OpenMP threads
+    oversubscribe and a step gets several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@needs_loss
+@pytest.mark.parametrize('name, rambo_rpn', [('faster_rcnn_rambo.py', False),
+                                             ('faster_rcnn_rambo.py', True),
+                                             ('retinanet_rambo.py', False)],
+                         ids=['faster_rcnn', 'faster_rcnn_rambo_rpn', 'retinanet'])
+def test_r18_loss_backward_predict(name, rambo_rpn, one_thread):
+    model = small_model(osp.join(ROOT, 'configs', name), rambo_rpn)
+    if rambo_rpn:
+        assert type(model.rpn_head).__name__ == 'RaMBORPNHead'
+        assert type(model.rpn_head.loss_cls).__name__ == 'RaMBOAPLoss'
+
+    model.train()
+    data = demo_mm_inputs(batch_size=2, image_shapes=[(3, 128, 128), (3, 160, 128)],
+                          num_items=[3, 2], num_classes=80)
+    batch = model.data_preprocessor(data, True)
+    losses = model(**batch, mode='loss')
+    cls_key = 'loss_cls'
+    assert cls_key in losses and torch.isfinite(losses[cls_key])
+    total = sum(v for k, v in losses.items() if 'loss' in k
+                for v in (v if isinstance(v, (list, tuple)) else [v]))
+    total.backward()
+    if hasattr(model, 'roi_head'):
+        grad = model.roi_head.bbox_head.fc_cls.weight.grad
+        assert 'loss_rpn_cls' in losses and 'acc' in losses
+    else:
+        grad = model.bbox_head.retina_cls.weight.grad
+    # the blackbox gradient is sparse (zero where the perturbed ranking equals the ranking),
+    # but it reaches the classifier here (fixed seeds)
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+    model.eval()
+    with torch.no_grad():
+        batch = model.data_preprocessor(data, False)
+        results = model(**batch, mode='predict')
+    assert len(results) == 2
+    for result in results:
+        pred = result.pred_instances
+        num = len(pred)
+        assert 0 < num <= 100
+        assert pred.bboxes.shape == (num, 4)
+        assert pred.scores.shape == pred.labels.shape == (num, )
+        assert ((pred.labels >= 0) & (pred.labels < 80)).all()  # never the background column
+        assert ((pred.scores > 0) & (pred.scores <= 1)).all()

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Distributed training with torchrun, one process per GPU (mmdetection's dist_train.sh, with
+# torchrun instead of the deprecated torch.distributed.launch).
+#
+#   bash tools/dist_train.sh CONFIG GPUS [train.py args...]
+#   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 PORT=29500 bash tools/dist_train.sh CONFIG 8
+#
+# Environment: NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), PORT (29500); PYTHON picks the
+# interpreter (default: python), `$PYTHON -m torch.distributed.run` is torchrun of that Python.
+set -euo pipefail
+if [ $# -lt 2 ]; then
+    echo "usage: $0 CONFIG GPUS [train.py args...]" >&2
+    exit 2
+fi
+CONFIG=$1
+GPUS=$2
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+PORT=${PORT:-29500}
+MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
+TOOLS=$(cd "$(dirname "$0")" && pwd)
+
+PYTHONPATH="$TOOLS/..${PYTHONPATH:+:$PYTHONPATH}" \
+exec "${PYTHON:-python}" -m torch.distributed.run \
+    --nnodes="$NNODES" \
+    --node_rank="$NODE_RANK" \
+    --master_addr="$MASTER_ADDR" \
+    --nproc_per_node="$GPUS" \
+    --master_port="$PORT" \
+    "$TOOLS/train.py" \
+    "$CONFIG" \
+    --launcher pytorch "${@:3}"
