@@ -5,7 +5,7 @@ from ranking_oracle import loop_ranks, oracle_map_loss, oracle_recall_loss
 from sklearn.metrics import average_precision_score
 
 import rambo_mmdet.ranking.blackbox as blackbox
-from rambo_mmdet.ranking import (ArgsortBlackboxRanks, PositiveSet, ScoreMemory,
+from rambo_mmdet.ranking import (ArgsortBlackboxRanks, PositiveSet, ScoreMemory, detection_ap_loss,
                                  average_precision_loss, mean_ap_loss, rank_positives,
                                  recall_loss)
 from rambo_mmdet.ranking.counting import float_order_keys
@@ -262,3 +262,53 @@ def test_any_upstream_gradient_matches_argsort_reference(seed, strategy):
     (ranks.reshape(-1)[order] * upstream).sum().backward()
     assert torch.equal(rank_units(x.grad, n, 0.5), rank_units(y.grad, n, 0.5))
     assert (x.grad > 0).any() and (x.grad < 0).any()
+
+
+def oracle_detection_loss(scores, labels, memory, lambda_val, margin, beta):
+    """(1 - β) mean-AP over classes on (rows + memory) + β interclass AP on the rows; loops."""
+    num_classes = scores.shape[1]
+    one_hot = lambda lab: lab[:, None] == torch.arange(num_classes)  # noqa: E731
+    all_scores = torch.cat([scores, memory[0]]) if memory is not None else scores
+    all_labels = torch.cat([labels, memory[1]]) if memory is not None else labels
+    total = 0.0
+    if beta < 1:
+        total = total + (1 - beta) * oracle_map_loss(all_scores, one_hot(all_labels), lambda_val,
+                                                     margin)
+    if beta > 0:
+        total = total + beta * oracle_map_loss(scores.reshape(-1, 1),
+                                               one_hot(labels).reshape(-1, 1), lambda_val, margin)
+    return total
+
+
+@pytest.mark.parametrize('seed', range(24))
+def test_detection_loss_with_exclusions_and_memory_matches_oracle(seed, strategy):
+    """Ignored rows and a constant memory block, inside the ranker, equal the oracle on the kept
+    rows concatenated with the memory; excluded rows get exactly zero gradient."""
+    gen = torch.Generator().manual_seed(seed)
+    rows, num_classes = int(torch.randint(2, 16, (), generator=gen)), 3
+    scores = torch.randn(rows, num_classes, generator=gen)
+    if seed % 3 == 0:
+        scores = (scores * 2).round() / 2  # ties
+    labels = torch.randint(0, num_classes + 1, (rows, ), generator=gen)
+    valid = torch.rand(rows, generator=gen) > 0.3
+    memory = None
+    if seed % 2:
+        memory = (torch.randn(6, num_classes, generator=gen),
+                  torch.randint(0, num_classes + 1, (6, ), generator=gen))
+    lambda_val, margin = [0.5, 4.0, 0.1][seed % 3], [0.15, 0.0][seed % 2]
+    beta = [1 / 3, 0.0, 1.0, 0.5][seed % 4]
+
+    x = scores.clone().requires_grad_()
+    excluded = (~valid).nonzero().squeeze(1)
+    loss = detection_ap_loss(x, labels, excluded, memory, lambda_val, margin, beta)
+    loss.backward()
+    y = scores[valid].clone().requires_grad_()
+    ref = oracle_detection_loss(y, labels[valid], memory, lambda_val, margin, beta)
+    if torch.is_tensor(ref) and ref.requires_grad:
+        ref.backward()
+    assert float(loss) == pytest.approx(float(ref), abs=1e-6)
+    assert torch.equal(x.grad[~valid], torch.zeros_like(x.grad[~valid]))
+    if y.grad is not None:
+        assert torch.allclose(x.grad[valid], y.grad, atol=1e-6)
+    else:
+        assert torch.equal(x.grad, torch.zeros_like(x.grad))

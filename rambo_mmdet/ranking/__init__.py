@@ -2,15 +2,15 @@
 
 Imports nothing from mmdet or mmcv.
 """
-from .blackbox import BlackboxPositiveRanks, rank_positives
+from .blackbox import BlackboxPositiveRanks, RankingProblem, rank_positives, rank_problems
 from .counting import PositiveSet
-from .losses import (as_positive_set, average_precision_loss, check_scores, mean_ap_loss,
-                     recall_loss)
+from .losses import (as_positive_set, average_precision_loss, check_scores, detection_ap_loss,
+                     mean_ap_loss, recall_loss)
 from .memory import ScoreMemory
 from .reference import ArgsortBlackboxRanks, argsort_ranks
 
 __all__ = [
-    'BlackboxPositiveRanks', 'PositiveSet', 'as_positive_set', 'rank_positives', 'average_precision_loss',
-    'check_scores', 'mean_ap_loss', 'recall_loss', 'ScoreMemory', 'ArgsortBlackboxRanks',
-    'argsort_ranks'
+    'BlackboxPositiveRanks', 'RankingProblem', 'rank_problems', 'rank_positives', 'PositiveSet',
+    'as_positive_set', 'average_precision_loss', 'check_scores', 'detection_ap_loss',
+    'mean_ap_loss', 'recall_loss', 'ScoreMemory', 'ArgsortBlackboxRanks', 'argsort_ranks'
 ]

@@ -18,8 +18,13 @@ moves only when a positive crosses it).
 
 Margin α: shifting negatives up by α/2 and positives down by α/2 ranks exactly like shifting only the
 positives down by α (rankings are invariant to a common shift), so the margin costs ``O(P)``.
+
+Several :class:`RankingProblem` s over the same live scores (e.g. per-class rankings and the
+flattened interclass ranking of a detector's ``[N, C]`` logits) run in one autograd node that writes
+one gradient buffer. A problem may leave entries out (ignored samples, without copying the scores)
+and rank a constant block beside the live scores (a detached score memory, without concatenation).
 """
-from typing import Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -27,121 +32,231 @@ from torch import Tensor
 from .counting import (PositiveSet, candidate_floor, dense_bins, negative_candidates,
                        negatives_above, place_dense, place_sparse, sort_positives, sparse_bins)
 
-__all__ = ['BlackboxPositiveRanks', 'rank_positives', 'DENSE_FRACTION']
+__all__ = ['RankingProblem', 'BlackboxPositiveRanks', 'rank_problems', 'rank_positives',
+           'DENSE_FRACTION']
 
 #: Above this fraction of surviving negatives, the dense strategy replaces the sparse one.
 DENSE_FRACTION = 0.25
 
 
-def _scores_by_group(scores: Tensor) -> Tensor:
-    """``[n, G]`` -> contiguous ``[G, n]`` (a view when ``G == 1``)."""
-    return scores.t().contiguous() if scores.shape[1] > 1 else scores.view(1, -1)
+class RankingProblem(NamedTuple):
+    """``G`` rankings (columns) over the live scores viewed as ``[n, G]``, plus constant rows.
+
+    The entries of the problem are, in flat order: the live scores (``live.view(n, G)``, flat
+    indices ``0 .. n*G - 1``) followed by the ``constant`` rows (``[m, G]``, no gradient; flat
+    indices from ``n*G`` on). Every ranking has length ``n - len(excluded_rows) + m``.
+
+    Attributes:
+        num_groups (int): ``G``; the live scores' element count must be divisible by it.
+        positives (PositiveSet): positive entries (flat indices as above, ascending).
+        excluded_rows (Tensor, optional): ascending live row indices left out of every ranking
+            (ignored samples): neither positives nor negatives, zero gradient.
+        constant (Tensor, optional): ``[m, G]`` float32 rows ranked with the live ones.
+    """
+    num_groups: int
+    positives: PositiveSet
+    excluded_rows: Optional[Tensor] = None
+    constant: Optional[Tensor] = None
+
+
+def _num_rows(block: Optional[Tensor]) -> int:
+    return 0 if block is None else block.shape[0]
+
+
+class _Solver:
+    """Forward and backward of one :class:`RankingProblem` (state kept between the two)."""
+
+    def __init__(self, problem: RankingProblem, live: Tensor, margin: float) -> None:
+        self.problem = problem
+        groups = problem.num_groups
+        self.live = live.view(-1, groups)
+        self.live_rows = self.live.shape[0]
+        self.excluded = problem.excluded_rows
+        num_excluded = _num_rows(self.excluded)
+        self.length = self.live_rows - num_excluded + _num_rows(problem.constant)
+        positives = problem.positives
+        self.live_size = self.live.numel()
+        is_live = positives.flat_index < self.live_size
+        self.pos_scores = torch.where(
+            is_live, live.reshape(-1)[positives.flat_index.clamp(max=self.live_size - 1)],
+            self._constant_scores(positives.flat_index - self.live_size)) - margin
+        self.live_positives = positives.flat_index[is_live]
+        self.excluded_flat = None
+        if num_excluded:
+            self.excluded_flat = (self.excluded[:, None] * groups
+                                  + torch.arange(groups, device=live.device)).view(-1)
+
+    def _constant_scores(self, index: Tensor) -> Tensor:
+        constant = self.problem.constant
+        if constant is None:
+            return torch.zeros_like(index, dtype=self.live.dtype)
+        return constant.reshape(-1)[index.clamp(min=0, max=max(constant.numel() - 1, 0))]
+
+    def _scores_by_group(self) -> Tensor:
+        """``[G, rows]`` contiguous: live rows then constant rows (the dense layout)."""
+        blocks = [self.live] + ([] if self.problem.constant is None else [self.problem.constant])
+        if self.problem.num_groups == 1:
+            joined = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+            return joined.view(1, -1)
+        return torch.cat([b.t() for b in blocks], dim=1) if len(blocks) > 1 \
+            else self.live.t().contiguous()
+
+    def _not_negative_positions(self, columns: int) -> Tensor:
+        """Positions in the dense ``[G, columns]`` layout of positives and excluded entries."""
+        groups = self.problem.num_groups
+        flat = self.problem.positives.flat_index
+        positions = (flat % groups) * columns + flat // groups
+        if self.excluded_flat is not None:
+            positions = torch.cat([positions, (self.excluded_flat % groups) * columns
+                                   + self.excluded_flat // groups])
+        return positions
+
+    def _candidates(self, floor: Tensor) -> Tensor:
+        positives = self.problem.positives
+        index = negative_candidates(self.live, floor, 0, positives, self.excluded_flat)
+        if self.problem.constant is not None:
+            index = torch.cat([index, negative_candidates(self.problem.constant, floor,
+                                                          self.live_size, positives)])
+        return index
+
+    def _gather(self, index: Tensor) -> Tensor:
+        is_live = index < self.live_size
+        if self.problem.constant is None:
+            return self.live.reshape(-1)[index]
+        return torch.where(is_live, self.live.reshape(-1)[index.clamp(max=self.live_size - 1)],
+                           self._constant_scores(index - self.live_size))
+
+    def forward(self) -> Tuple[Tensor, Tensor]:
+        positives, groups = self.problem.positives, self.problem.num_groups
+        sorted_pos = sort_positives(self.pos_scores, positives)
+        self.rank_among = 1 + positives.group_end[positives.group] - sorted_pos.at_or_below
+        floor = candidate_floor(positives, self.pos_scores)
+        surviving = torch.count_nonzero(self.live >= floor)
+        if self.problem.constant is not None:
+            surviving = surviving + torch.count_nonzero(self.problem.constant >= floor)
+        self.dense = int(surviving) > DENSE_FRACTION * self.length * groups
+        if self.dense:
+            self.by_group = self._scores_by_group()
+            self.not_negative = self._not_negative_positions(self.by_group.shape[1])
+            self.placement = place_dense(sorted_pos, positives, self.pos_scores, self.by_group)
+            bins = dense_bins(sorted_pos, positives, self.placement, self.not_negative)
+        else:
+            self.neg_index = self._candidates(floor)
+            self.neg_group = self.neg_index % groups
+            self.neg_scores = self._gather(self.neg_index)
+            self.placement = place_sparse(sorted_pos, self.neg_scores, self.neg_group)
+            bins = sparse_bins(sorted_pos, positives, self.placement, self.neg_group)
+        self.rank = self.rank_among + negatives_above(sorted_pos, positives, bins)
+        return self.rank, self.rank_among
+
+    def backward(self, grad_rank: Tensor, lambda_val: float, grad: Tensor) -> None:
+        """Add this problem's blackbox gradient to ``grad`` (flat, live entries)."""
+        positives, groups = self.problem.positives, self.problem.num_groups
+        perturbed = self.pos_scores + lambda_val * grad_rank.to(self.pos_scores.dtype)
+        sorted_after = sort_positives(perturbed, positives)
+        rank_after = 1 + positives.group_end[positives.group] - sorted_after.at_or_below
+        scale = 1.0 / (lambda_val * self.length)  # -(rk(y) - rk(y')) / λ on the scale rk / n
+        is_live = positives.flat_index < self.live_size
+
+        if self.dense:
+            placement_after = place_dense(sorted_after, positives, perturbed, self.by_group)
+            rank_after += negatives_above(sorted_after, positives, dense_bins(
+                sorted_after, positives, placement_after, self.not_negative))
+            delta = (self.placement - placement_after).view(-1)
+            delta[self.not_negative] = 0
+            delta = delta.view(groups, -1)[:, :self.live_rows]
+            grad.view(-1, groups).add_(delta.t() if groups > 1 else delta.view(-1, 1),
+                                       alpha=scale)
+        else:
+            neg_index, neg_group, placement = self.neg_index, self.neg_group, self.placement
+            if not bool((perturbed >= self.pos_scores).all()):
+                # A positive moved down (an upstream gradient that rewards worse ranks):
+                # negatives below the forward's floor may now be crossed; select them again.
+                floor = candidate_floor(positives, torch.minimum(self.pos_scores, perturbed))
+                neg_index = self._candidates(floor)
+                neg_group = neg_index % groups
+                self.neg_scores = self._gather(neg_index)
+                placement = place_sparse(sort_positives(self.pos_scores, positives),
+                                         self.neg_scores, neg_group)
+            placement_after = place_sparse(sorted_after, self.neg_scores, neg_group)
+            rank_after += negatives_above(sorted_after, positives, sparse_bins(
+                sorted_after, positives, placement_after, neg_group))
+            live_neg = neg_index < self.live_size
+            grad.index_add_(0, neg_index[live_neg],
+                            (placement - placement_after)[live_neg].to(grad.dtype) * scale)
+        grad.index_add_(0, positives.flat_index[is_live],
+                        (rank_after - self.rank)[is_live].to(grad.dtype) * scale)
 
 
 class BlackboxPositiveRanks(torch.autograd.Function):
-    """Normalised ranks of the positives of ``G`` rankings, with the blackbox backward.
+    """Normalised ranks of the positives of several ranking problems over the same live scores,
+    with the blackbox backward (one gradient buffer for all problems).
 
-    Forward inputs: ``scores`` ``[n, G]`` float32 (each column one ranking), ``positives``
-    (:class:`PositiveSet`), ``lambda_val`` (float > 0), ``margin`` (float >= 0).
+    Forward inputs: ``live`` (float32 tensor, any shape), ``problems`` (sequence of
+    :class:`RankingProblem`), ``lambda_val`` (float > 0), ``margin`` (float >= 0).
 
-    Forward outputs: ``rank`` ``[P]`` (``rk / n``, differentiable) and ``rank_among_positives``
-    ``[P]`` (``rk+ / n``, a constant), in the order of ``positives.flat_index``.
+    Forward outputs, per problem: ``rank`` ``[P]`` (``rk / length``, differentiable) and
+    ``rank_among_positives`` ``[P]`` (``rk+ / length``, a constant), in the order of the
+    problem's ``positives.flat_index``; flattened into one tuple.
 
-    Strategy: *sparse* when at most :data:`DENSE_FRACTION` of the entries score at or above the
-    lowest positive of their group, else *dense* (see :mod:`rambo_mmdet.ranking.counting`).
+    Strategy, per problem: *sparse* when at most :data:`DENSE_FRACTION` of the entries score at or
+    above the lowest positive of their group, else *dense* (see :mod:`rambo_mmdet.ranking.counting`).
     """
 
     @staticmethod
-    def forward(ctx, scores: Tensor, positives: PositiveSet, lambda_val: float,
-                margin: float) -> Tuple[Tensor, Tensor]:
-        length, num_groups = scores.shape
-        flat = scores.reshape(-1)
-        pos_scores = flat[positives.flat_index] - margin
-        sorted_pos = sort_positives(pos_scores, positives)
-        rank_among = 1 + positives.group_end[positives.group] - sorted_pos.at_or_below
-
-        floor = candidate_floor(scores, positives, pos_scores)
-        dense = int(torch.count_nonzero(scores >= floor)) > DENSE_FRACTION * scores.numel()
-        if dense:
-            by_group = _scores_by_group(scores)
-            placement = place_dense(sorted_pos, positives, pos_scores, by_group)
-            bins = dense_bins(sorted_pos, positives, placement)
-            ctx.save_for_backward(by_group, placement)
-        else:
-            neg_index = negative_candidates(scores, positives, floor)
-            neg_group = neg_index % num_groups
-            placement = place_sparse(sorted_pos, flat[neg_index], neg_group)
-            bins = sparse_bins(sorted_pos, positives, placement, neg_group)
-            ctx.save_for_backward(scores, neg_index, placement)
-        rank = rank_among + negatives_above(sorted_pos, positives, bins)
-
-        ctx.dense, ctx.shape = dense, scores.shape
-        ctx.positives, ctx.pos_scores, ctx.rank = positives, pos_scores, rank
-        ctx.lambda_val = lambda_val
-        rank_among_positives = rank_among.to(scores.dtype) / length
-        ctx.mark_non_differentiable(rank_among_positives)
-        return rank.to(scores.dtype) / length, rank_among_positives
+    def forward(ctx, live: Tensor, problems: Sequence[RankingProblem], lambda_val: float,
+                margin: float) -> Tuple[Tensor, ...]:
+        ctx.solvers = [_Solver(problem, live, margin) for problem in problems]
+        ctx.lambda_val, ctx.shape = lambda_val, live.shape
+        outputs, constants = [], []
+        for solver in ctx.solvers:
+            rank, rank_among = solver.forward()
+            rank_among_positives = rank_among.to(live.dtype) / solver.length
+            outputs += [rank.to(live.dtype) / solver.length, rank_among_positives]
+            constants.append(rank_among_positives)
+        ctx.mark_non_differentiable(*constants)
+        return tuple(outputs)
 
     @staticmethod
-    def backward(ctx, grad_rank: Tensor, _grad_rank_among_positives: Tensor):
-        positives, pos_scores, lambda_val = ctx.positives, ctx.pos_scores, ctx.lambda_val
-        length, num_groups = ctx.shape
-        perturbed = pos_scores + lambda_val * grad_rank.to(pos_scores.dtype)
-        sorted_after = sort_positives(perturbed, positives)
-        rank_after = 1 + positives.group_end[positives.group] - sorted_after.at_or_below
-        scale = 1.0 / (lambda_val * length)  # -(rk(y) - rk(y')) / λ on the scale rk / n
-
-        if ctx.dense:
-            by_group, placement = ctx.saved_tensors
-            placement_after = place_dense(sorted_after, positives, perturbed, by_group)
-            rank_after += negatives_above(sorted_after, positives,
-                                          dense_bins(sorted_after, positives, placement_after))
-            grad = (placement - placement_after).to(pos_scores.dtype).mul_(scale)
-            rows = positives.flat_index // num_groups
-            grad[positives.group, rows] = (rank_after - ctx.rank).to(grad.dtype) * scale
-            grad = grad.t() if num_groups > 1 else grad.view(length, 1)
-            return grad, None, None, None
-
-        scores, neg_index, placement = ctx.saved_tensors
-        flat = scores.reshape(-1)
-        if not bool((perturbed >= pos_scores).all()):
-            # Some positive moved down (a loss that rewards worse ranks): negatives below the
-            # forward's floor may now be crossed, so select the candidates again.
-            floor = candidate_floor(scores, positives, torch.minimum(pos_scores, perturbed))
-            neg_index = negative_candidates(scores, positives, floor)
-            placement = place_sparse(sort_positives(pos_scores, positives), flat[neg_index],
-                                     neg_index % num_groups)
-        neg_scores, neg_group = flat[neg_index], neg_index % num_groups
-        placement_after = place_sparse(sorted_after, neg_scores, neg_group)
-        rank_after += negatives_above(
-            sorted_after, positives, sparse_bins(sorted_after, positives, placement_after,
-                                                 neg_group))
-        grad = torch.zeros_like(flat)
-        grad[positives.flat_index] = (rank_after - ctx.rank).to(grad.dtype) * scale
-        grad[neg_index] = (placement - placement_after).to(grad.dtype) * scale
-        return grad.view_as(scores), None, None, None
+    def backward(ctx, *grads: Tensor):
+        grad = torch.zeros(ctx.shape.numel(), dtype=grads[0].dtype, device=grads[0].device)
+        for solver, grad_rank in zip(ctx.solvers, grads[::2]):
+            solver.backward(grad_rank, ctx.lambda_val, grad)
+        ctx.solvers = None
+        return grad.view(ctx.shape), None, None, None
 
 
-def rank_positives(scores: Tensor, positives: PositiveSet, lambda_val: float,
-                   margin: float = 0.0) -> Tuple[Tensor, Tensor]:
-    """Blackbox-differentiable normalised ranks of the positives of each column of ``scores``.
+def rank_problems(live: Tensor, problems: Sequence[RankingProblem], lambda_val: float,
+                  margin: float = 0.0) -> List[Tuple[Tensor, Tensor]]:
+    """Blackbox-differentiable normalised ranks of the positives of each problem.
 
     Args:
-        scores (Tensor): ``[n, G]`` float32, ``G`` rankings of length ``n`` (one per column).
-        positives (PositiveSet): the positive entries (e.g. ``PositiveSet.from_mask(mask)``).
+        live (Tensor): float32 scores that receive the gradient (viewed as ``[n, G]`` by each
+            problem).
+        problems (sequence of RankingProblem): the rankings to solve.
         lambda_val (float): blackbox interpolation strength λ > 0.
         margin (float): margin α >= 0 (positives ranked as if ``α`` lower than they score).
 
     Returns:
-        tuple: ``rank`` ``[P]`` (``rk / n``, differentiable) and ``rank_among_positives`` ``[P]``
-        (``rk+ / n``, constant), in the order of ``positives.flat_index`` (``positives.group``
-        says which column each belongs to). Empty tensors when there is no positive.
+        list of ``(rank, rank_among_positives)``, one pair per problem, each ``[P]``:
+        ``rk / length`` (differentiable) and ``rk+ / length`` (constant), in the order of the
+        problem's ``positives.flat_index``. Empty tensors for a problem without positives.
     """
     if lambda_val <= 0:
         raise ValueError(f'lambda_val must be > 0, got {lambda_val}')
     if margin < 0:
         raise ValueError(f'margin must be >= 0, got {margin}')
-    if positives.flat_index.numel() == 0:  # nothing to rank; the caller returns a zero loss
-        empty = scores.new_zeros(0)
-        return empty, empty
-    return BlackboxPositiveRanks.apply(scores, positives, lambda_val, margin)
+    active = [p for p in problems if p.positives.flat_index.numel()]
+    outputs = iter(BlackboxPositiveRanks.apply(live, active, lambda_val, margin) if active
+                   else ())
+    empty = live.new_zeros(0)
+    return [(next(outputs), next(outputs)) if p.positives.flat_index.numel() else (empty, empty)
+            for p in problems]
+
+
+def rank_positives(scores: Tensor, positives: PositiveSet, lambda_val: float,
+                   margin: float = 0.0) -> Tuple[Tensor, Tensor]:
+    """Normalised ranks of the positives of each column of ``scores`` ``[n, G]`` (one problem,
+    no exclusions); see :func:`rank_problems`."""
+    problem = RankingProblem(scores.shape[1], positives)
+    return rank_problems(scores, [problem], lambda_val, margin)[0]

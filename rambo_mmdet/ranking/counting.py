@@ -25,13 +25,13 @@ strategies place the negatives, with identical results:
   ``[G, P_max]`` table of its sorted positive scores (padded with ``+inf``). No gather, no index
   lists. Best when most negatives survive the filter (logits near the prior, at initialisation).
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 __all__ = ['float_order_keys', 'group_keys', 'PositiveSet', 'SortedPositives', 'sort_positives',
-           'candidate_floor', 'negative_candidates', 'place_sparse', 'place_dense', 'sparse_bins', 'dense_bins',
+           'candidate_floor', 'negative_candidates', 'contains', 'place_sparse', 'place_dense', 'sparse_bins', 'dense_bins',
            'negatives_above']
 
 _SIGN_FLIP = 0x7FFFFFFF
@@ -102,13 +102,6 @@ class PositiveSet(NamedTuple):
         flat_index = rows * num_classes + labels[rows]
         return cls.from_flat_index(flat_index, 1 if flatten else num_classes)
 
-    def contains(self, flat_index: Tensor) -> Tensor:
-        """Bool mask: which of the given flat indices are positives."""
-        if self.flat_index.numel() == 0:
-            return torch.zeros_like(flat_index, dtype=torch.bool)
-        where = torch.searchsorted(self.flat_index, flat_index).clamp_(max=self.flat_index.numel() - 1)
-        return self.flat_index[where] == flat_index
-
 
 class SortedPositives(NamedTuple):
     """Positive scores sorted by ``(group, score)``.
@@ -131,18 +124,42 @@ def sort_positives(pos_scores: Tensor, positives: PositiveSet) -> SortedPositive
     return SortedPositives(keys, order, torch.searchsorted(keys, pos_keys, right=True))
 
 
-def candidate_floor(scores: Tensor, positives: PositiveSet, pos_floor: Tensor) -> Tensor:
+def candidate_floor(positives: PositiveSet, pos_floor: Tensor) -> Tensor:
     """``[G]`` lowest ``pos_floor`` of each group (``+inf`` for a group without positives)."""
-    floor = scores.new_full((scores.shape[1],), float('inf'))
+    floor = pos_floor.new_full((positives.group_end.numel(), ), float('inf'))
     return floor.scatter_reduce(0, positives.group, pos_floor, reduce='amin')
 
 
-def negative_candidates(scores: Tensor, positives: PositiveSet, floor: Tensor) -> Tensor:
-    """Flat indices of the negatives that can matter: those scoring at or above the ``floor`` of
-    their group (:func:`candidate_floor`; in the backward, of the lower of original and perturbed
-    positive scores). ``[k]`` int64, ascending."""
-    index = (scores >= floor).view(-1).nonzero().squeeze(1)
-    return index[~positives.contains(index)]
+def negative_candidates(block: Tensor, floor: Tensor, offset: int, positives: PositiveSet,
+                        excluded: Optional[Tensor] = None) -> Tensor:
+    """Flat indices of the negatives of a ``[rows, G]`` score block that can matter: those
+    scoring at or above the ``floor`` of their group (:func:`candidate_floor`).
+
+    Args:
+        block (Tensor): ``[rows, G]`` scores; its flat indices start at ``offset``.
+        floor (Tensor): ``[G]``.
+        offset (int): flat index of ``block[0, 0]``.
+        positives (PositiveSet): removed from the result.
+        excluded (Tensor, optional): sorted flat indices that are no entries of the ranking.
+
+    Returns:
+        Tensor: ``[k]`` int64 flat indices, ascending.
+    """
+    index = (block >= floor).view(-1).nonzero().squeeze(1)
+    if offset:
+        index += offset
+    keep = ~contains(positives.flat_index, index)
+    if excluded is not None:
+        keep &= ~contains(excluded, index)
+    return index[keep]
+
+
+def contains(sorted_index: Tensor, index: Tensor) -> Tensor:
+    """Bool mask: which entries of ``index`` occur in the ascending ``sorted_index``."""
+    if sorted_index.numel() == 0:
+        return torch.zeros_like(index, dtype=torch.bool)
+    where = torch.searchsorted(sorted_index, index).clamp_(max=sorted_index.numel() - 1)
+    return sorted_index[where] == index
 
 
 def place_sparse(sorted_pos: SortedPositives, neg_scores: Tensor, neg_group: Tensor) -> Tensor:
@@ -192,20 +209,23 @@ def sparse_bins(sorted_pos: SortedPositives, positives: PositiveSet, placement: 
     return torch.bincount(torch.where(above_any, placement - 1, num_pos), minlength=num_pos + 1)
 
 
-def dense_bins(sorted_pos: SortedPositives, positives: PositiveSet,
-               placement: Tensor) -> Tensor:
-    """Histogram bins (see :func:`negatives_above`) of dense ``[G, n]`` placements.
+def dense_bins(sorted_pos: SortedPositives, positives: PositiveSet, placement: Tensor,
+               not_negative: Tensor) -> Tensor:
+    """Histogram bins (see :func:`negatives_above`) of dense ``[G, m]`` placements.
 
-    The positives themselves were placed too; their own contributions are removed.
+    Args:
+        not_negative (Tensor): int64 positions in ``placement.view(-1)`` of the entries that were
+            placed but are not negatives (the positives themselves, excluded entries); their
+            contributions are removed.
     """
-    num_groups, length = placement.shape
+    num_groups = placement.shape[0]
     width = max(positives.max_count, 1) + 1
     offsets = torch.arange(num_groups, device=placement.device, dtype=placement.dtype) * width
     binned = (placement + offsets[:, None]).view(-1)
     per_group = torch.bincount(binned, minlength=num_groups * width)
-    own = binned[positives.group * length + positives.flat_index // num_groups]
-    per_group = per_group.index_add(0, own.long(), torch.full_like(per_group[:1], -1).expand(
-        own.numel())).view(num_groups, width)
+    removed = binned[not_negative].long()
+    per_group = per_group.index_add(0, removed, torch.full_like(per_group[:1], -1).expand(
+        removed.numel())).view(num_groups, width)
     # Group-local placement t >= 1 lands in global bin group_start + t - 1; t = 0 in the spare bin.
     num_pos = sorted_pos.keys.numel()
     bins = per_group.new_zeros(num_pos + 1)

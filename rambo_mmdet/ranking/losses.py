@@ -8,16 +8,16 @@ bfloat16 included) and return float32.
 Margin α: before ranking, negatives are shifted up by α/2 and positives down by α/2, so a positive
 must beat a negative by α to rank above it (applied inside the ranker, to the positives only).
 """
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .blackbox import rank_positives
+from .blackbox import RankingProblem, rank_positives, rank_problems
 from .counting import PositiveSet
 
 __all__ = ['check_scores', 'as_positive_set', 'average_precision_loss', 'mean_ap_loss',
-           'recall_loss']
+           'recall_loss', 'detection_ap_loss']
 
 
 def check_scores(scores: Tensor, name: str = 'scores') -> None:
@@ -77,10 +77,16 @@ def average_precision_loss(scores: Tensor, positive: Union[Tensor, PositiveSet],
         ``has_positive`` ``[G]`` bool.
     """
     positives = as_positive_set(scores, positive)
-    num_groups = scores.shape[1]
+    rank, rank_among_positives = rank_positives(scores.float(), positives, lambda_val, margin)
+    return _ap_loss_per_group(scores, rank, rank_among_positives, positives)
+
+
+def _ap_loss_per_group(scores: Tensor, rank: Tensor, rank_among_positives: Tensor,
+                       positives: PositiveSet) -> Tuple[Tensor, Tensor]:
+    """``1 - AP`` of each group from the positives' ranks (0 for a group without positives)."""
+    num_groups = positives.group_end.numel()
     count = positives.group_end - positives.group_start
     has_positive = count > 0
-    rank, rank_among_positives = rank_positives(scores.float(), positives, lambda_val, margin)
     if rank.numel() == 0:  # keep the graph: zero loss, zero gradient
         return _zero_loss(scores).expand(num_groups), has_positive
     precision_sum = rank.new_zeros(num_groups).index_add(0, positives.group,
@@ -127,3 +133,70 @@ def recall_loss(scores: Tensor, positive: Union[Tensor, PositiveSet], lambda_val
     if log_log:
         loss = torch.log1p(loss)
     return loss.mean()
+
+
+def detection_ap_loss(scores: Tensor,
+                      labels: Tensor,
+                      excluded_rows: Optional[Tensor] = None,
+                      memory: Optional[Tuple[Tensor, Tensor]] = None,
+                      lambda_val: float = 0.5,
+                      margin: float = 0.15,
+                      interclass_weight: float = 1.0 / 3.0) -> Tensor:
+    """RaMBO's detection loss ``(1 - β) L_mAP + β L_APC`` on a ``[N, C]`` score matrix.
+
+    ``L_mAP``: mean of ``1 - AP_c`` over the classes with positives, each class ranking the
+    valid rows of ``scores`` plus the ``memory`` rows. ``L_APC``: ``1 - AP`` of the valid rows'
+    ``N * C`` scores flattened into one ranking. Both rankings run in one blackbox node, and
+    neither copies ``scores`` (exclusions and the memory are handled inside the ranker).
+    The scores are not checked here (see :func:`check_scores`).
+
+    Args:
+        scores (Tensor): ``[N, C]`` scores (float32; others are converted).
+        labels (Tensor): ``[N]`` int64, ``0..C-1`` foreground, ``C`` background.
+        excluded_rows (Tensor, optional): ascending row indices left out (ignored samples).
+        memory (tuple, optional): ``(scores [M, C] float32, labels [M])`` ranked with the batch
+            in ``L_mAP`` only; no gradient.
+        lambda_val (float): λ. margin (float): α. interclass_weight (float): β in ``[0, 1]``.
+
+    Returns:
+        Tensor: float32 scalar; a term without positives contributes 0 (with a zero gradient).
+    """
+    num_rows, num_classes = scores.shape
+    live = scores.float()
+    foreground = labels < num_classes
+    if excluded_rows is not None and excluded_rows.numel():
+        foreground[excluded_rows] = False
+    else:
+        excluded_rows = None
+    rows = foreground.nonzero().squeeze(1)
+    live_positives = rows * num_classes + labels[rows]
+
+    problems, weights = [], []
+    if interclass_weight < 1:
+        flat_index, constant = live_positives, None
+        if memory is not None and memory[0].shape[0]:
+            constant, memory_labels = memory
+            memory_rows = (memory_labels < num_classes).nonzero().squeeze(1)
+            flat_index = torch.cat([flat_index, (num_rows + memory_rows) * num_classes
+                                    + memory_labels[memory_rows]])
+        problems.append(RankingProblem(num_classes,
+                                       PositiveSet.from_flat_index(flat_index, num_classes),
+                                       excluded_rows, constant))
+        weights.append(1.0 - interclass_weight)
+    if interclass_weight > 0:
+        excluded_entries = None
+        if excluded_rows is not None:
+            excluded_entries = (excluded_rows[:, None] * num_classes
+                                + torch.arange(num_classes, device=scores.device)).view(-1)
+        problems.append(RankingProblem(1, PositiveSet.from_flat_index(live_positives, 1),
+                                       excluded_entries))
+        weights.append(interclass_weight)
+
+    terms = []
+    for problem, weight, (rank, rank_among) in zip(
+            problems, weights, rank_problems(live, problems, lambda_val, margin)):
+        if rank.numel():
+            per_group, has_positive = _ap_loss_per_group(scores, rank, rank_among,
+                                                          problem.positives)
+            terms.append(weight * per_group.sum() / has_positive.sum().clamp(min=1))
+    return sum(terms) if terms else _zero_loss(scores)
