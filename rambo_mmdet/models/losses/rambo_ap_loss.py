@@ -1,15 +1,69 @@
 """RaMBOAPLoss: the mAP + interclass-AP ranking loss of RaMBO as an mmdet classification loss."""
-from typing import Dict, Optional
+import contextlib
+from typing import Dict, Optional, Tuple
 
 import torch
 from mmdet.registry import MODELS
+from mmengine.model import is_model_wrapper
 from torch import Tensor, nn
 
 from ...ranking import PositiveSet, ScoreMemory, average_precision_loss, check_scores
+from ...ranking.distributed import (all_gather_ints, gather_rows, get_rank_and_world_size,
+                                    resolve_global_batch)
 
-__all__ = ['RaMBOAPLoss']
+__all__ = ['RaMBOAPLoss', 'name_ranking_losses']
 
 _ACTIVATIONS = ('logits', 'sigmoid')
+#: labels travel to other ranks in a float32 column: exact below 2**24
+_MAX_PACKED_CLASSES = 1 << 24
+
+
+class _GradProbe:
+    """Carries the gradient that arrives at the loss output to the start of the loss graph."""
+
+    __slots__ = ('scale', )
+
+    def __init__(self) -> None:
+        self.scale: Optional[Tensor] = None
+
+
+class _ReadOutputGrad(torch.autograd.Function):
+    """Identity on the (unweighted) loss; the backward records the incoming gradient ``g`` and
+    sends a unit gradient into the loss graph instead."""
+
+    @staticmethod
+    def forward(ctx, loss: Tensor, probe: _GradProbe) -> Tensor:
+        ctx.probe = probe
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        ctx.probe.scale = grad.detach()
+        return torch.ones_like(grad), None
+
+
+class _ApplyOutputGrad(torch.autograd.Function):
+    """Identity on the scores; the backward multiplies their gradient by the recorded ``g`` (and
+    by a constant factor, the world size under the global batch)."""
+
+    @staticmethod
+    def forward(ctx, scores: Tensor, probe: _GradProbe, factor: float) -> Tensor:
+        ctx.probe, ctx.factor = probe, factor
+        return scores.view_as(scores)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        scale = ctx.probe.scale
+        if scale is None:  # not reached through the loss output (cannot happen); be neutral
+            return grad * ctx.factor if ctx.factor != 1 else grad, None, None
+        return grad * (scale.to(grad.dtype) * ctx.factor), None, None
+
+
+def _no_autocast(device: torch.device):
+    """A context that switches autocast off on ``device`` (the loss computes in float32)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 @MODELS.register_module()
@@ -33,17 +87,77 @@ class RaMBOAPLoss(nn.Module):
     The classifier has ``C`` channels (no background channel); ``get_activation`` appends a zero
     background column so mmdet's NMS and evaluators accept the scores.
 
+    **Gradient scale.** The blackbox backward is not linear in the gradient it receives (that
+    gradient sets the size of the perturbation, ``y' = y + λ·dL/drk``). So that anything scaling
+    the loss from outside (``loss_weight``, mmengine's ``AmpOptimWrapper`` / ``GradScaler`` loss
+    scale of 2**16, a weighted sum of losses) scales the gradient and does not change the
+    effective λ, the ranker always receives the gradient of the unweighted
+    ``(1 - β) L_mAP + β L_APC``, and the gradient that arrives at the loss output multiplies the
+    resulting score gradient afterwards. λ therefore refers to the unweighted loss, and
+    ``loss_weight`` scales value and gradient exactly.
+
+    **Mixed precision.** Logits of any floating dtype (float16, bfloat16) are accepted; the loss
+    runs with autocast disabled and computes in float32 (ranks are int64), returns a float32
+    scalar, and the gradient comes back in the logits' dtype.
+
+    **Global batch under data parallelism** (``global_batch``). With ``torch.distributed``
+    initialised and more than one rank, every call all-gathers the valid (not ignored) rows of
+    every rank (detached scores and labels; ranks may have different row counts, zero included),
+    concatenates them in rank order with this rank's differentiable rows in place of its slice,
+    and computes the loss on that global batch: the value is the single-process loss of the
+    concatenated batch, identical on every rank, and the gradient of each local row is its
+    gradient in that single-process loss, multiplied by the world size ``W`` when
+    ``scale_grad_by_world_size`` (default). DDP averages parameter gradients over ranks (divides
+    their sum by ``W``); each rank contributes the gradient through its own rows only, so with the
+    factor ``W`` the averaged parameter gradient equals that of single-process training on the
+    global batch. The factor is applied to the gradient of the scores, after the blackbox: the
+    loss value (and what is logged) is not multiplied (multiplying the loss would multiply λ, see
+    above). The memory stores the global batch, so it is identical on every rank. Every rank must
+    call the loss the same number of times per step (the gather is a collective); each rank ranks
+    the global batch (``W`` times the ranking work of one rank's batch).
+
+    **Input handling** (each case is tested):
+
+    - Ignored rows (``label_weights == 0``: anchors ignored by the assigner, outside the border,
+      not sampled) are left out of the ranking and get zero gradient.
+    - No row at all (an empty batch, or every row ignored): the loss is ``L_mAP`` of the memory
+      alone (a constant; 0 with an empty memory) and the gradient is zero; nothing is remembered.
+    - No positive in the batch (e.g. images without ground truth, or with only ignored boxes:
+      mmdet's ``MaxIoUAssigner`` applies ignore regions only in images that have boxes, so all
+      RoIs/anchors of such an image are negatives, as in an empty image): ``L_APC = 0``; the
+      classes with positives in the memory still rank the batch's negatives (they get gradient);
+      with no positive in the memory either, the loss is 0 with zero gradient (the graph stays
+      intact, ``backward()`` works).
+    - A class absent from the data: its positives stay in the memory for τ batches, so it stays
+      in ``L_mAP`` (the mean over classes with positives) for the τ batches after the last batch
+      that had it, and leaves ``L_mAP`` from the (τ+1)-th batch without it.
+    - Labels outside ``0..C`` (``C`` = background), non-integer labels, wrong shapes: ``ValueError``
+      naming the loss (``name``) and the problem.
+    - NaN/Inf logits: ``ValueError`` naming the loss and the count (ranks of NaN are undefined).
+      Under the global batch the ranks first exchange a status flag, so every rank raises
+      (naming the rank(s) at fault) instead of leaving the others waiting in the gather.
+
+    ``name`` appears in every error message. :func:`name_ranking_losses` (or the
+    ``NameRankingLossesHook`` of :mod:`rambo_mmdet.hooks`) sets it to the module path of the loss
+    in the model, e.g. ``roi_head.bbox_head.loss_cls (RaMBOAPLoss)``.
+
     Args:
         use_sigmoid (bool): must be True: classes are scored independently (dense heads read it).
         lambda_val (float): blackbox interpolation strength λ. Default 0.5.
         margin (float): margin α: positives must outscore negatives by α. Default 0.15.
         memory_batches (int): τ, past batches kept in the score memory (0: none). Default 7.
         memory_max_rows (int): rows kept per remembered batch (positives first, then the
-            highest-scoring negatives). Default 4096.
+            highest-scoring negatives). Default 4096. Under the global batch a remembered batch is
+            the global batch: raise it to ``W *`` (rows per rank) to remember every row.
         interclass_weight (float): β, the weight of ``L_APC``. Default 1/3.
         score_activation (str): what is ranked: ``'logits'`` (raw scores, default) or
             ``'sigmoid'``; inference scores are ``sigmoid(logits)`` either way.
-        loss_weight (float): overall weight. Default 1.0.
+        loss_weight (float): overall weight (of value and gradient). Default 1.0.
+        global_batch (str | bool): ``'auto'`` (default): rank the global batch when
+            ``torch.distributed`` is initialised with world size > 1; ``True``: the same (a
+            single process is its own global batch); ``False``: each rank ranks its own rows.
+        scale_grad_by_world_size (bool): under the global batch, multiply the score gradient by
+            the world size to undo DDP's gradient averaging (see above). Default True.
         name (str): name used in error messages (e.g. the head that owns the loss).
     """
 
@@ -62,6 +176,8 @@ class RaMBOAPLoss(nn.Module):
                  interclass_weight: float = 1.0 / 3.0,
                  score_activation: str = 'logits',
                  loss_weight: float = 1.0,
+                 global_batch='auto',
+                 scale_grad_by_world_size: bool = True,
                  name: str = 'RaMBOAPLoss') -> None:
         super().__init__()
         if not use_sigmoid:
@@ -79,12 +195,17 @@ class RaMBOAPLoss(nn.Module):
         if score_activation not in _ACTIVATIONS:
             raise ValueError(f'{name}: score_activation must be one of {_ACTIVATIONS}, got '
                              f'{score_activation!r}')
+        if global_batch != 'auto' and not isinstance(global_batch, bool):
+            raise ValueError(f"{name}: global_batch must be 'auto', True or False, got "
+                             f'{global_batch!r}')
         self.use_sigmoid = True
         self.lambda_val = float(lambda_val)
         self.margin = float(margin)
         self.interclass_weight = float(interclass_weight)
         self.score_activation = score_activation
         self.loss_weight = float(loss_weight)
+        self.global_batch = global_batch
+        self.scale_grad_by_world_size = bool(scale_grad_by_world_size)
         self.name = name
         self.memory = ScoreMemory(memory_batches, memory_max_rows)
 
@@ -105,25 +226,38 @@ class RaMBOAPLoss(nn.Module):
         hits = (cls_score.detach().argmax(dim=1) == labels) & foreground
         return dict(acc=hits.sum().float() * 100.0 / foreground.sum().clamp(min=1).float())
 
-    # ------------------------------------------------------------------ loss
-    def _check_inputs(self, cls_score: Tensor, labels: Tensor,
+    # ------------------------------------------------------------------ checks
+    def _check_shapes(self, cls_score: Tensor, labels: Tensor,
                       label_weights: Optional[Tensor]) -> None:
-        if cls_score.dim() != 2:
+        """Structural checks (the same on every rank of a correct setup): raise at once."""
+        if not torch.is_tensor(cls_score) or cls_score.dim() != 2:
             raise ValueError(f'{self.name}: cls_score must have shape [N, C], got '
-                             f'{tuple(cls_score.shape)}')
+                             f'{tuple(getattr(cls_score, "shape", ()))}')
         num_samples, num_classes = cls_score.shape
-        if labels.shape != (num_samples, ):
+        if not torch.is_tensor(labels) or labels.shape != (num_samples, ):
             raise ValueError(f'{self.name}: labels must have shape [{num_samples}], got '
-                             f'{tuple(labels.shape)}')
+                             f'{tuple(getattr(labels, "shape", ()))}')
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f'{self.name}: labels must be an integer tensor (0..{num_classes - 1}'
+                             f' foreground, {num_classes} background), got {labels.dtype}')
         if label_weights is not None and label_weights.shape[0] != num_samples:
             raise ValueError(f'{self.name}: label_weights must have {num_samples} rows, got '
                              f'{tuple(label_weights.shape)}')
+
+    def _value_problem(self, cls_score: Tensor, labels: Tensor) -> Optional[str]:
+        """Data-dependent checks (may fail on one rank only): the error message, or None."""
+        num_samples, num_classes = cls_score.shape
         if num_samples and not bool(((labels >= 0) & (labels <= num_classes)).all()):
             bad = labels[(labels < 0) | (labels > num_classes)]
-            raise ValueError(f'{self.name}: labels must be in 0..{num_classes} ({num_classes} = '
-                             f'background), got {bad[:5].tolist()}')
-        check_scores(cls_score, name=f'{self.name}: cls_score')
+            return (f'{self.name}: labels must be in 0..{num_classes} ({num_classes} = '
+                    f'background), got {bad[:5].tolist()}')
+        try:
+            check_scores(cls_score, name=f'{self.name}: cls_score')
+        except ValueError as err:
+            return str(err)
+        return None
 
+    # ------------------------------------------------------------------ loss
     def forward(self,
                 cls_score: Tensor,
                 labels: Tensor,
@@ -146,37 +280,111 @@ class RaMBOAPLoss(nn.Module):
         """
         if reduction_override not in (None, 'none', 'mean', 'sum'):
             raise ValueError(f'{self.name}: unknown reduction_override {reduction_override!r}')
-        self._check_inputs(cls_score, labels, label_weights)
+        self._check_shapes(cls_score, labels, label_weights)
+        use_global = resolve_global_batch(self.global_batch)
+        problem = self._value_problem(cls_score, labels)
+        if problem is not None and not use_global:
+            raise ValueError(problem)
+
+        with _no_autocast(cls_score.device):
+            return self._loss(cls_score, labels, label_weights, use_global, problem)
+
+    def _loss(self, cls_score: Tensor, labels: Tensor, label_weights: Optional[Tensor],
+              use_global: bool, problem: Optional[str]) -> Tensor:
         num_classes = cls_score.shape[1]
-        scores, labels = cls_score, labels.long()
+        # float32 first: the output gradient (e.g. an AMP loss scale) then multiplies the score
+        # gradient before it is cast back to the logits' dtype, as a GradScaler intends.
+        scores, labels = cls_score.float(), labels.long()
+        probe = None
+        if torch.is_grad_enabled() and scores.requires_grad:
+            probe = _GradProbe()
+            factor = 1.0
+            if use_global and self.scale_grad_by_world_size:
+                factor = float(get_rank_and_world_size()[1])
+            scores = _ApplyOutputGrad.apply(scores, probe, factor)
+
         if label_weights is not None:
             keep = (label_weights if label_weights.dim() == 1 else
                     label_weights.flatten(1).amax(dim=1)) > 0
             if not bool(keep.all()):
                 scores, labels = scores[keep], labels[keep]
         if self.score_activation == 'sigmoid':
-            scores = scores.float().sigmoid()
+            scores = scores.sigmoid()
+        if use_global:
+            scores, labels = self._global_batch(scores, labels, problem)
 
         remember = self.training and self.memory.num_batches > 0
         class_scores, class_labels = (self.memory.extend(scores, labels) if remember
-                                      else (scores.float(), labels))
+                                      else (scores, labels))
         map_loss, has_positive = average_precision_loss(
             class_scores, PositiveSet.from_labels(class_labels, num_classes), self.lambda_val,
             self.margin)
         loss = (1.0 - self.interclass_weight) * map_loss.sum() / has_positive.sum().clamp(min=1)
 
         if self.interclass_weight > 0:
-            flat_scores = scores.float().reshape(-1, 1)
             apc_loss, _ = average_precision_loss(
-                flat_scores, PositiveSet.from_labels(labels, num_classes, flatten=True),
+                scores.reshape(-1, 1), PositiveSet.from_labels(labels, num_classes, flatten=True),
                 self.lambda_val, self.margin)
             loss = loss + self.interclass_weight * apc_loss.sum()
 
         if remember:
             self.memory.push(scores, labels)
+        if probe is not None:
+            loss = _ReadOutputGrad.apply(loss, probe)
         return self.loss_weight * loss
+
+    def _global_batch(self, scores: Tensor, labels: Tensor,
+                      problem: Optional[str]) -> Tuple[Tensor, Tensor]:
+        """The valid rows of all ranks in rank order, this rank's (differentiable) rows in place.
+
+        Two collectives: ``[rows, status]`` of every rank, then the padded ``[rows, C + 1]``
+        float32 block (the scores and the label as a last column).
+        """
+        num_classes = scores.shape[1]
+        rank, world_size = get_rank_and_world_size()
+        info = all_gather_ints([scores.shape[0], int(problem is not None)], scores.device)
+        info = info.tolist()
+        bad_ranks = [r for r, (_, status) in enumerate(info) if status]
+        if bad_ranks:
+            if problem is not None:
+                raise ValueError(f'{problem} [rank {rank} of {world_size}; every rank stops]')
+            raise ValueError(f'{self.name}: invalid input on rank(s) {bad_ranks} of {world_size} '
+                             f'(see the error of that rank); every rank stops')
+        if num_classes >= _MAX_PACKED_CLASSES:
+            raise ValueError(f'{self.name}: global_batch supports up to '
+                             f'{_MAX_PACKED_CLASSES - 1} classes, got {num_classes}')
+        packed = torch.cat([scores.detach(), labels.to(scores.dtype)[:, None]], dim=1)
+        rows, local = gather_rows(packed, sizes=[size for size, _ in info])
+        global_labels = rows[:, -1].long()
+        global_scores = torch.cat([rows[:local.start, :-1], scores, rows[local.stop:, :-1]])
+        return global_scores, global_labels
 
     def extra_repr(self) -> str:
         return (f'lambda_val={self.lambda_val}, margin={self.margin}, '
                 f'interclass_weight={self.interclass_weight:.4g}, '
-                f'score_activation={self.score_activation!r}, loss_weight={self.loss_weight}')
+                f'score_activation={self.score_activation!r}, loss_weight={self.loss_weight}, '
+                f'global_batch={self.global_batch!r}')
+
+
+def name_ranking_losses(model: nn.Module) -> Dict[str, str]:
+    """Name every ranking loss of ``model`` after its module path, for error messages.
+
+    Sets ``loss.name = '<path> (<LossType>)'``, e.g. ``'roi_head.bbox_head.loss_cls
+    (RaMBOAPLoss)'``, on each submodule that has ``needs_all_samples`` and a ``name`` attribute
+    still equal to its type name (a name given in the config is kept). A model wrapper (DDP,
+    ``MMDistributedDataParallel``) is looked through: paths are those of the wrapped model.
+
+    Returns:
+        dict: ``{path: name}`` of the losses named now.
+    """
+    while is_model_wrapper(model):
+        model = model.module
+    named = {}
+    for path, module in model.named_modules():
+        if not getattr(module, 'needs_all_samples', False) or not path:
+            continue
+        type_name = type(module).__name__
+        if getattr(module, 'name', None) == type_name:
+            module.name = f'{path} ({type_name})'
+            named[path] = module.name
+    return named
