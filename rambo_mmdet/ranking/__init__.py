@@ -2,7 +2,8 @@
 
 Imports nothing from mmdet or mmcv.
 """
-from .blackbox import BlackboxPositiveRanks, RankingProblem, rank_positives, rank_problems
+from .blackbox import (BlackboxPositiveRanks, GradScale, RankingProblem, rank_positives,
+                       rank_problems)
 from .counting import PositiveSet
 from .losses import (as_positive_set, average_precision_loss, check_scores, detection_ap_loss,
                      mean_ap_loss, recall_loss)
@@ -10,7 +11,7 @@ from .memory import ScoreMemory
 from .reference import ArgsortBlackboxRanks, argsort_ranks
 
 __all__ = [
-    'BlackboxPositiveRanks', 'RankingProblem', 'rank_problems', 'rank_positives', 'PositiveSet',
+    'BlackboxPositiveRanks', 'GradScale', 'RankingProblem', 'rank_problems', 'rank_positives', 'PositiveSet',
     'as_positive_set', 'average_precision_loss', 'check_scores', 'detection_ap_loss',
     'mean_ap_loss', 'recall_loss', 'ScoreMemory', 'ArgsortBlackboxRanks', 'argsort_ranks'
 ]

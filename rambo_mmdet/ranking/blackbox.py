@@ -32,8 +32,8 @@ from torch import Tensor
 from .counting import (PositiveSet, candidate_floor, dense_bins, negative_candidates,
                        negatives_above, place_dense, place_sparse, sort_positives, sparse_bins)
 
-__all__ = ['RankingProblem', 'BlackboxPositiveRanks', 'rank_problems', 'rank_positives',
-           'DENSE_FRACTION']
+__all__ = ['RankingProblem', 'GradScale', 'BlackboxPositiveRanks', 'rank_problems',
+           'rank_positives', 'DENSE_FRACTION']
 
 #: Above this fraction of surviving negatives, the dense strategy replaces the sparse one.
 DENSE_FRACTION = 0.25
@@ -59,6 +59,23 @@ class RankingProblem(NamedTuple):
     constant: Optional[Tensor] = None
 
 
+class GradScale:
+    """A factor for the returned score gradient, read when the backward runs.
+
+    The blackbox backward is not linear in the gradient it receives: that gradient sets the size
+    of the perturbation ``y' = y + λ·dL/drk``. A caller that wants outside scaling (a loss weight,
+    an AMP loss scale) to scale the gradient *without* changing the effective λ feeds the ranker
+    the gradient of the unscaled loss and records the outside factor here (e.g. from an autograd
+    node on the loss output, whose backward runs before the ranker's); the ranker multiplies its
+    gradient by ``value`` (a 0-dim tensor) at no extra pass over the scores.
+    """
+
+    __slots__ = ('value', )
+
+    def __init__(self) -> None:
+        self.value: Optional[Tensor] = None
+
+
 def _num_rows(block: Optional[Tensor]) -> int:
     return 0 if block is None else block.shape[0]
 
@@ -76,21 +93,11 @@ class _Solver:
         self.length = self.live_rows - num_excluded + _num_rows(problem.constant)
         positives = problem.positives
         self.live_size = self.live.numel()
-        is_live = positives.flat_index < self.live_size
-        self.pos_scores = torch.where(
-            is_live, live.reshape(-1)[positives.flat_index.clamp(max=self.live_size - 1)],
-            self._constant_scores(positives.flat_index - self.live_size)) - margin
-        self.live_positives = positives.flat_index[is_live]
+        self.pos_scores = self._gather(positives.flat_index) - margin
         self.excluded_flat = None
         if num_excluded:
             self.excluded_flat = (self.excluded[:, None] * groups
                                   + torch.arange(groups, device=live.device)).view(-1)
-
-    def _constant_scores(self, index: Tensor) -> Tensor:
-        constant = self.problem.constant
-        if constant is None:
-            return torch.zeros_like(index, dtype=self.live.dtype)
-        return constant.reshape(-1)[index.clamp(min=0, max=max(constant.numel() - 1, 0))]
 
     def _scores_by_group(self) -> Tensor:
         """``[G, rows]`` contiguous: live rows then constant rows (the dense layout)."""
@@ -120,11 +127,17 @@ class _Solver:
         return index
 
     def _gather(self, index: Tensor) -> Tensor:
+        """Scores at flat indices of the problem (live entries, then constant rows)."""
+        live = self.live.reshape(-1)
+        constant = self.problem.constant
+        if constant is None:
+            return live[index]
+        constant = constant.reshape(-1)
+        if self.live_size == 0:
+            return constant[index]
         is_live = index < self.live_size
-        if self.problem.constant is None:
-            return self.live.reshape(-1)[index]
-        return torch.where(is_live, self.live.reshape(-1)[index.clamp(max=self.live_size - 1)],
-                           self._constant_scores(index - self.live_size))
+        return torch.where(is_live, live[index.clamp(max=self.live_size - 1)],
+                           constant[(index - self.live_size).clamp(min=0)])
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         positives, groups = self.problem.positives, self.problem.num_groups
@@ -149,13 +162,17 @@ class _Solver:
         self.rank = self.rank_among + negatives_above(sorted_pos, positives, bins)
         return self.rank, self.rank_among
 
-    def backward(self, grad_rank: Tensor, lambda_val: float, grad: Tensor) -> None:
-        """Add this problem's blackbox gradient to ``grad`` (flat, live entries)."""
+    def backward(self, grad_rank: Tensor, lambda_val: float, grad: Tensor,
+                 factor: Optional[Tensor]) -> None:
+        """Add this problem's blackbox gradient, times ``factor`` (a 0-dim tensor or None), to
+        ``grad`` (flat, live entries)."""
         positives, groups = self.problem.positives, self.problem.num_groups
         perturbed = self.pos_scores + lambda_val * grad_rank.to(self.pos_scores.dtype)
         sorted_after = sort_positives(perturbed, positives)
         rank_after = 1 + positives.group_end[positives.group] - sorted_after.at_or_below
         scale = 1.0 / (lambda_val * self.length)  # -(rk(y) - rk(y')) / λ on the scale rk / n
+        if factor is not None:
+            scale = factor.to(grad.dtype) * scale
         is_live = positives.flat_index < self.live_size
 
         if self.dense:
@@ -165,8 +182,11 @@ class _Solver:
             delta = (self.placement - placement_after).view(-1)
             delta[self.not_negative] = 0
             delta = delta.view(groups, -1)[:, :self.live_rows]
-            grad.view(-1, groups).add_(delta.t() if groups > 1 else delta.view(-1, 1),
-                                       alpha=scale)
+            delta = delta.t() if groups > 1 else delta.view(-1, 1)
+            if torch.is_tensor(scale):
+                grad.view(-1, groups).addcmul_(delta, scale)
+            else:
+                grad.view(-1, groups).add_(delta, alpha=scale)
         else:
             neg_index, neg_group, placement = self.neg_index, self.neg_group, self.placement
             if not bool((perturbed >= self.pos_scores).all()):
@@ -205,9 +225,9 @@ class BlackboxPositiveRanks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, live: Tensor, problems: Sequence[RankingProblem], lambda_val: float,
-                margin: float) -> Tuple[Tensor, ...]:
+                margin: float, grad_scale: Optional[GradScale] = None) -> Tuple[Tensor, ...]:
         ctx.solvers = [_Solver(problem, live, margin) for problem in problems]
-        ctx.lambda_val, ctx.shape = lambda_val, live.shape
+        ctx.lambda_val, ctx.shape, ctx.grad_scale = lambda_val, live.shape, grad_scale
         outputs, constants = [], []
         for solver in ctx.solvers:
             rank, rank_among = solver.forward()
@@ -220,14 +240,16 @@ class BlackboxPositiveRanks(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads: Tensor):
         grad = torch.zeros(ctx.shape.numel(), dtype=grads[0].dtype, device=grads[0].device)
+        factor = None if ctx.grad_scale is None else ctx.grad_scale.value
         for solver, grad_rank in zip(ctx.solvers, grads[::2]):
-            solver.backward(grad_rank, ctx.lambda_val, grad)
+            solver.backward(grad_rank, ctx.lambda_val, grad, factor)
         ctx.solvers = None
-        return grad.view(ctx.shape), None, None, None
+        return grad.view(ctx.shape), None, None, None, None
 
 
 def rank_problems(live: Tensor, problems: Sequence[RankingProblem], lambda_val: float,
-                  margin: float = 0.0) -> List[Tuple[Tensor, Tensor]]:
+                  margin: float = 0.0,
+                  grad_scale: Optional[GradScale] = None) -> List[Tuple[Tensor, Tensor]]:
     """Blackbox-differentiable normalised ranks of the positives of each problem.
 
     Args:
@@ -236,6 +258,7 @@ def rank_problems(live: Tensor, problems: Sequence[RankingProblem], lambda_val: 
         problems (sequence of RankingProblem): the rankings to solve.
         lambda_val (float): blackbox interpolation strength λ > 0.
         margin (float): margin α >= 0 (positives ranked as if ``α`` lower than they score).
+        grad_scale (GradScale, optional): a factor for the returned gradient, read at backward.
 
     Returns:
         list of ``(rank, rank_among_positives)``, one pair per problem, each ``[P]``:
@@ -247,8 +270,8 @@ def rank_problems(live: Tensor, problems: Sequence[RankingProblem], lambda_val: 
     if margin < 0:
         raise ValueError(f'margin must be >= 0, got {margin}')
     active = [p for p in problems if p.positives.flat_index.numel()]
-    outputs = iter(BlackboxPositiveRanks.apply(live, active, lambda_val, margin) if active
-                   else ())
+    outputs = iter(BlackboxPositiveRanks.apply(live, active, lambda_val, margin, grad_scale)
+                   if active else ())
     empty = live.new_zeros(0)
     return [(next(outputs), next(outputs)) if p.positives.flat_index.numel() else (empty, empty)
             for p in problems]

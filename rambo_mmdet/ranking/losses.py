@@ -13,7 +13,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .blackbox import RankingProblem, rank_positives, rank_problems
+from .blackbox import GradScale, RankingProblem, rank_positives, rank_problems
 from .counting import PositiveSet
 
 __all__ = ['check_scores', 'as_positive_set', 'average_precision_loss', 'mean_ap_loss',
@@ -141,7 +141,8 @@ def detection_ap_loss(scores: Tensor,
                       memory: Optional[Tuple[Tensor, Tensor]] = None,
                       lambda_val: float = 0.5,
                       margin: float = 0.15,
-                      interclass_weight: float = 1.0 / 3.0) -> Tensor:
+                      interclass_weight: float = 1.0 / 3.0,
+                      grad_scale: Optional[GradScale] = None) -> Tensor:
     """RaMBO's detection loss ``(1 - β) L_mAP + β L_APC`` on a ``[N, C]`` score matrix.
 
     ``L_mAP``: mean of ``1 - AP_c`` over the classes with positives, each class ranking the
@@ -157,6 +158,7 @@ def detection_ap_loss(scores: Tensor,
         memory (tuple, optional): ``(scores [M, C] float32, labels [M])`` ranked with the batch
             in ``L_mAP`` only; no gradient.
         lambda_val (float): λ. margin (float): α. interclass_weight (float): β in ``[0, 1]``.
+        grad_scale (GradScale, optional): see :class:`~rambo_mmdet.ranking.blackbox.GradScale`.
 
     Returns:
         Tensor: float32 scalar; a term without positives contributes 0 (with a zero gradient).
@@ -194,7 +196,7 @@ def detection_ap_loss(scores: Tensor,
 
     terms = []
     for problem, weight, (rank, rank_among) in zip(
-            problems, weights, rank_problems(live, problems, lambda_val, margin)):
+            problems, weights, rank_problems(live, problems, lambda_val, margin, grad_scale)):
         if rank.numel():
             per_group, has_positive = _ap_loss_per_group(scores, rank, rank_among,
                                                           problem.positives)

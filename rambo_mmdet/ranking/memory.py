@@ -11,7 +11,7 @@ that can rank above positives). With the RoI box head of Faster R-CNN (512 RoIs 
 keeps every row of a batch of up to 8 images: exactly the paper's memory.
 """
 from collections import deque
-from typing import Deque, Tuple
+from typing import Deque, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -47,12 +47,22 @@ class ScoreMemory(nn.Module):
         self._batches.clear()
 
     @torch.no_grad()
-    def push(self, scores: Tensor, targets: Tensor) -> None:
+    def push(self, scores: Tensor, targets: Tensor, valid: Optional[Tensor] = None) -> None:
         """Remember one batch (detached, float32, at most ``max_rows`` rows).
+
+        Args:
+            scores (Tensor): ``[N, C]``.
+            targets (Tensor): ``[N]`` labels or ``[N, C]`` bool relevance.
+            valid (Tensor, optional): ``[N]`` bool; rows that are False (ignored samples) are
+                not remembered.
 
         A batch whose class count differs from the stored ones resets the memory.
         """
-        if not self.num_batches or scores.shape[0] == 0:
+        if not self.num_batches:
+            return
+        if valid is not None and not bool(valid.all()):
+            scores, targets = scores[valid], targets[valid]
+        if scores.shape[0] == 0:
             return
         if self._batches and self._batches[0][0].shape[1] != scores.shape[1]:
             self.reset()
@@ -68,6 +78,15 @@ class ScoreMemory(nn.Module):
         priority = scores.amax(dim=1)
         priority = torch.where(positive_row, torch.full_like(priority, float('inf')), priority)
         return torch.topk(priority, self.max_rows, sorted=False).indices.sort().values
+
+    def contents(self, like: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
+        """The remembered rows, oldest first, on ``like``'s device: ``(scores [M, C], targets)``;
+        None when empty or when ``like`` (``[N, C]``) has another class count."""
+        if not self._batches or self._batches[0][0].shape[1] != like.shape[1]:
+            return None
+        device = like.device
+        return (torch.cat([s.to(device) for s, _ in self._batches]),
+                torch.cat([t.to(device) for _, t in self._batches]))
 
     def extend(self, scores: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor]:
         """The current batch followed by the remembered rows (moved to ``scores``' device).

@@ -7,7 +7,7 @@ from mmdet.registry import MODELS
 from mmengine.model import is_model_wrapper
 from torch import Tensor, nn
 
-from ...ranking import PositiveSet, ScoreMemory, average_precision_loss, check_scores
+from ...ranking import GradScale, ScoreMemory, check_scores, detection_ap_loss
 from ...ranking.distributed import (all_gather_ints, gather_rows, get_rank_and_world_size,
                                     resolve_global_batch)
 
@@ -18,45 +18,21 @@ _ACTIVATIONS = ('logits', 'sigmoid')
 _MAX_PACKED_CLASSES = 1 << 24
 
 
-class _GradProbe:
-    """Carries the gradient that arrives at the loss output to the start of the loss graph."""
-
-    __slots__ = ('scale', )
-
-    def __init__(self) -> None:
-        self.scale: Optional[Tensor] = None
-
-
 class _ReadOutputGrad(torch.autograd.Function):
-    """Identity on the (unweighted) loss; the backward records the incoming gradient ``g`` and
-    sends a unit gradient into the loss graph instead."""
+    """Identity on the (unweighted) loss. Its backward, which runs before the ranker's, records
+    the incoming gradient ``g`` (times a constant factor: the world size under the global batch)
+    in a :class:`GradScale` and sends a unit gradient into the loss graph, so that the ranker
+    perturbs with the unweighted loss's gradient and multiplies its result by ``g``."""
 
     @staticmethod
-    def forward(ctx, loss: Tensor, probe: _GradProbe) -> Tensor:
-        ctx.probe = probe
+    def forward(ctx, loss: Tensor, grad_scale: GradScale, factor: float) -> Tensor:
+        ctx.grad_scale, ctx.factor = grad_scale, factor
         return loss.clone()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        ctx.probe.scale = grad.detach()
-        return torch.ones_like(grad), None
-
-
-class _ApplyOutputGrad(torch.autograd.Function):
-    """Identity on the scores; the backward multiplies their gradient by the recorded ``g`` (and
-    by a constant factor, the world size under the global batch)."""
-
-    @staticmethod
-    def forward(ctx, scores: Tensor, probe: _GradProbe, factor: float) -> Tensor:
-        ctx.probe, ctx.factor = probe, factor
-        return scores.view_as(scores)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        scale = ctx.probe.scale
-        if scale is None:  # not reached through the loss output (cannot happen); be neutral
-            return grad * ctx.factor if ctx.factor != 1 else grad, None, None
-        return grad * (scale.to(grad.dtype) * ctx.factor), None, None
+        ctx.grad_scale.value = grad.detach() * ctx.factor
+        return torch.ones_like(grad), None, None
 
 
 def _no_autocast(device: torch.device):
@@ -291,46 +267,37 @@ class RaMBOAPLoss(nn.Module):
 
     def _loss(self, cls_score: Tensor, labels: Tensor, label_weights: Optional[Tensor],
               use_global: bool, problem: Optional[str]) -> Tensor:
-        num_classes = cls_score.shape[1]
         # float32 first: the output gradient (e.g. an AMP loss scale) then multiplies the score
         # gradient before it is cast back to the logits' dtype, as a GradScaler intends.
         scores, labels = cls_score.float(), labels.long()
-        probe = None
-        if torch.is_grad_enabled() and scores.requires_grad:
-            probe = _GradProbe()
-            factor = 1.0
-            if use_global and self.scale_grad_by_world_size:
-                factor = float(get_rank_and_world_size()[1])
-            scores = _ApplyOutputGrad.apply(scores, probe, factor)
-
+        valid = None
         if label_weights is not None:
             keep = (label_weights if label_weights.dim() == 1 else
                     label_weights.flatten(1).amax(dim=1)) > 0
             if not bool(keep.all()):
-                scores, labels = scores[keep], labels[keep]
+                valid = keep
         if self.score_activation == 'sigmoid':
             scores = scores.sigmoid()
+        factor = 1.0
         if use_global:
+            if valid is not None:  # only valid rows travel
+                scores, labels, valid = scores[valid], labels[valid], None
             scores, labels = self._global_batch(scores, labels, problem)
+            if self.scale_grad_by_world_size:
+                factor = float(get_rank_and_world_size()[1])
 
+        grad_scale = GradScale() if torch.is_grad_enabled() and scores.requires_grad else None
         remember = self.training and self.memory.num_batches > 0
-        class_scores, class_labels = (self.memory.extend(scores, labels) if remember
-                                      else (scores, labels))
-        map_loss, has_positive = average_precision_loss(
-            class_scores, PositiveSet.from_labels(class_labels, num_classes), self.lambda_val,
-            self.margin)
-        loss = (1.0 - self.interclass_weight) * map_loss.sum() / has_positive.sum().clamp(min=1)
-
-        if self.interclass_weight > 0:
-            apc_loss, _ = average_precision_loss(
-                scores.reshape(-1, 1), PositiveSet.from_labels(labels, num_classes, flatten=True),
-                self.lambda_val, self.margin)
-            loss = loss + self.interclass_weight * apc_loss.sum()
-
+        loss = detection_ap_loss(
+            scores, labels,
+            excluded_rows=None if valid is None else (~valid).nonzero().squeeze(1),
+            memory=self.memory.contents(scores) if remember else None,
+            lambda_val=self.lambda_val, margin=self.margin,
+            interclass_weight=self.interclass_weight, grad_scale=grad_scale)
         if remember:
-            self.memory.push(scores, labels)
-        if probe is not None:
-            loss = _ReadOutputGrad.apply(loss, probe)
+            self.memory.push(scores, labels, valid)
+        if grad_scale is not None:
+            loss = _ReadOutputGrad.apply(loss, grad_scale, factor)
         return self.loss_weight * loss
 
     def _global_batch(self, scores: Tensor, labels: Tensor,
