@@ -18,4 +18,4 @@ else:
     from . import compat
 
     compat.apply()
-    from . import models  # noqa: F401,E402  (registers modules)
+    from . import hooks, models  # noqa: F401,E402  (registers modules)

@@ -188,3 +188,17 @@ def test_recall_loss_matches_oracle_with_memory(log_log):
         history.append((scores, relevance))
         assert torch.allclose(loss, ref, atol=1e-5)
         assert torch.allclose(x.grad, y.grad, atol=1e-6)
+
+
+def test_recall_loss_weight_scales_the_gradient_not_lambda():
+    gen = torch.Generator().manual_seed(6)
+    scores = torch.randn(3, 40, generator=gen)
+    relevance = torch.rand(3, 40, generator=gen) < 0.3
+    grads = []
+    for weight in (1.0, 8.0):
+        x = scores.clone().requires_grad_()
+        loss_fn = MODELS.build(dict(type='RaMBORecallLoss', loss_weight=weight))
+        (loss_fn(x, relevance) * 2.0**16).backward()
+        grads.append(x.grad)
+    assert grads[0].abs().sum() > 0
+    assert torch.equal(grads[1], grads[0] * 8.0)

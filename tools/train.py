@@ -20,6 +20,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
 import rambo_mmdet  # noqa: E402,F401  (shims + registers RaMBO losses and heads)
+from rambo_mmdet.models.losses import name_ranking_losses  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmdet.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
@@ -104,6 +105,7 @@ def main(argv=None):
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
+    name_ranking_losses(runner.model)  # errors inside a loss name its head
     runner.train()
     return 0
 

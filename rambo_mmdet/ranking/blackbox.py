@@ -32,8 +32,8 @@ from torch import Tensor
 from .counting import (PositiveSet, candidate_floor, dense_bins, negative_candidates,
                        negatives_above, place_dense, place_sparse, sort_positives, sparse_bins)
 
-__all__ = ['RankingProblem', 'GradScale', 'BlackboxPositiveRanks', 'rank_problems',
-           'rank_positives', 'DENSE_FRACTION']
+__all__ = ['RankingProblem', 'GradScale', 'route_output_grad', 'BlackboxPositiveRanks',
+           'rank_problems', 'rank_positives', 'DENSE_FRACTION']
 
 #: Above this fraction of surviving negatives, the dense strategy replaces the sparse one.
 DENSE_FRACTION = 0.25
@@ -74,6 +74,31 @@ class GradScale:
 
     def __init__(self) -> None:
         self.value: Optional[Tensor] = None
+
+
+class _RouteOutputGrad(torch.autograd.Function):
+    """Identity on a loss. Its backward (which runs before the ranker's) stores the incoming
+    gradient times ``factor`` in a :class:`GradScale` and passes a unit gradient on."""
+
+    @staticmethod
+    def forward(ctx, loss: Tensor, grad_scale: GradScale, factor: float) -> Tensor:
+        ctx.grad_scale, ctx.factor = grad_scale, factor
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        ctx.grad_scale.value = grad.detach() * ctx.factor
+        return torch.ones_like(grad), None, None
+
+
+def route_output_grad(loss: Tensor, grad_scale: GradScale, factor: float = 1.0) -> Tensor:
+    """Make outside scaling of ``loss`` scale the ranker's gradient instead of its λ.
+
+    ``loss`` must be a scalar computed by rankers that were given ``grad_scale``; whatever
+    multiplies the returned value (a loss weight, an AMP loss scale, a sum with other losses)
+    then multiplies the score gradient exactly, times ``factor``.
+    """
+    return _RouteOutputGrad.apply(loss, grad_scale, factor)
 
 
 def _num_rows(block: Optional[Tensor]) -> int:

@@ -107,7 +107,8 @@ def mean_ap_loss(scores: Tensor, positive: Union[Tensor, PositiveSet], lambda_va
 
 
 def recall_loss(scores: Tensor, positive: Union[Tensor, PositiveSet], lambda_val: float = 0.5,
-                margin: float = 0.0, log_log: bool = False) -> Tensor:
+                margin: float = 0.0, log_log: bool = False,
+                grad_scale: Optional[GradScale] = None) -> Tensor:
     """The paper's refined recall loss, mean over positives of ``log(1 + r_i)``.
 
     ``r_i`` is the number of negatives ranked above positive ``i`` (at or above, by the tie
@@ -119,13 +120,16 @@ def recall_loss(scores: Tensor, positive: Union[Tensor, PositiveSet], lambda_val
         positive (Tensor | PositiveSet): ``[n, G]`` bool relevance, or the positive set.
         lambda_val, margin: as :func:`average_precision_loss`.
         log_log (bool): use ``log(1 + log(1 + r))``.
+        grad_scale (GradScale, optional): see :class:`~rambo_mmdet.ranking.blackbox.GradScale`.
 
     Returns:
         Tensor: float32 scalar (0 with zero gradient when there is no positive).
     """
     check_scores(scores)
     positives = as_positive_set(scores, positive)
-    rank, rank_among_positives = rank_positives(scores.float(), positives, lambda_val, margin)
+    problem = RankingProblem(scores.shape[1], positives)
+    rank, rank_among_positives = rank_problems(scores.float(), [problem], lambda_val, margin,
+                                               grad_scale)[0]
     if rank.numel() == 0:
         return _zero_loss(scores)
     negatives_above = (rank - rank_among_positives) * scores.shape[0]

@@ -7,7 +7,8 @@ from mmdet.registry import MODELS
 from mmengine.model import is_model_wrapper
 from torch import Tensor, nn
 
-from ...ranking import GradScale, ScoreMemory, check_scores, detection_ap_loss
+from ...ranking import (GradScale, ScoreMemory, check_scores, detection_ap_loss,
+                        route_output_grad)
 from ...ranking.distributed import (all_gather_ints, gather_rows, get_rank_and_world_size,
                                     resolve_global_batch)
 
@@ -16,23 +17,6 @@ __all__ = ['RaMBOAPLoss', 'name_ranking_losses']
 _ACTIVATIONS = ('logits', 'sigmoid')
 #: labels travel to other ranks in a float32 column: exact below 2**24
 _MAX_PACKED_CLASSES = 1 << 24
-
-
-class _ReadOutputGrad(torch.autograd.Function):
-    """Identity on the (unweighted) loss. Its backward, which runs before the ranker's, records
-    the incoming gradient ``g`` (times a constant factor: the world size under the global batch)
-    in a :class:`GradScale` and sends a unit gradient into the loss graph, so that the ranker
-    perturbs with the unweighted loss's gradient and multiplies its result by ``g``."""
-
-    @staticmethod
-    def forward(ctx, loss: Tensor, grad_scale: GradScale, factor: float) -> Tensor:
-        ctx.grad_scale, ctx.factor = grad_scale, factor
-        return loss.clone()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        ctx.grad_scale.value = grad.detach() * ctx.factor
-        return torch.ones_like(grad), None, None
 
 
 def _no_autocast(device: torch.device):
@@ -297,7 +281,7 @@ class RaMBOAPLoss(nn.Module):
         if remember:
             self.memory.push(scores, labels, valid)
         if grad_scale is not None:
-            loss = _ReadOutputGrad.apply(loss, grad_scale, factor)
+            loss = route_output_grad(loss, grad_scale, factor)
         return self.loss_weight * loss
 
     def _global_batch(self, scores: Tensor, labels: Tensor,

@@ -5,7 +5,7 @@ import torch
 from mmdet.registry import MODELS
 from torch import Tensor, nn
 
-from ...ranking import ScoreMemory, check_scores, recall_loss
+from ...ranking import GradScale, ScoreMemory, check_scores, recall_loss, route_output_grad
 
 __all__ = ['RaMBORecallLoss']
 
@@ -25,7 +25,8 @@ class RaMBORecallLoss(nn.Module):
         log_log (bool): use ``log(1 + log(1 + r))``. Default False.
         memory_batches (int): τ (0: no memory). Default 0.
         memory_max_rows (int): gallery items kept per remembered call. Default 4096.
-        loss_weight (float): Default 1.0.
+        loss_weight (float): weight of value and gradient (it does not change λ: the ranker is
+            fed the gradient of the unweighted loss, as in ``RaMBOAPLoss``). Default 1.0.
     """
 
     needs_all_samples = True
@@ -57,8 +58,12 @@ class RaMBORecallLoss(nn.Module):
         remember = self.training and self.memory.num_batches > 0
         if remember:
             gallery, relevant = self.memory.extend(gallery, relevant)
-        loss = recall_loss(gallery, relevant, self.lambda_val, self.margin, self.log_log)
+        grad_scale = GradScale() if torch.is_grad_enabled() and scores.requires_grad else None
+        loss = recall_loss(gallery, relevant, self.lambda_val, self.margin, self.log_log,
+                           grad_scale)
         if remember:
             self.memory.push(scores.t(), relevance.t())
+        if grad_scale is not None:  # loss_weight / AMP scaling scale the gradient, not λ
+            loss = route_output_grad(loss, grad_scale)
         return self.loss_weight * loss
 
