@@ -229,3 +229,19 @@ def check_ranking_heads(model, logger='current') -> List[str]:
             'e.g. RaMBORetinaHead / RaMBORPNHead (AllLevelsClsLossMixin).',
             logger=logger, level=logging.WARNING)
     return names
+
+
+def load_config(config: str, launcher: str = 'none', cfg_options: Optional[dict] = None,
+                work_dir: Optional[str] = None):
+    """Config from the file and the command line (priority: CLI > file > defaults), with the
+    launcher and the work dir set as mmdet's tools do (default ``./work_dirs/<config name>``)."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(config)
+    cfg.launcher = launcher
+    if cfg_options is not None:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
+    return cfg

@@ -19,11 +19,11 @@ import warnings
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
 import rambo_mmdet  # noqa: E402,F401  (shims + registers RaMBO losses and heads)
-from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
+from mmengine.config import ConfigDict, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from mmdet.registry import RUNNERS  # noqa: E402
-from rambo_mmdet.cli import DatasetPathError, check_dataset_paths  # noqa: E402
+from rambo_mmdet.cli import DatasetPathError, check_dataset_paths, load_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -75,14 +75,7 @@ def _enable_tta(cfg):
 
 def build_cfg(args):
     """Config from the file and the command line (priority: CLI > file > defaults)."""
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         from mmdet.engine.hooks.utils import trigger_visualization_hook

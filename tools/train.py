@@ -21,12 +21,12 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 
 import rambo_mmdet  # noqa: E402,F401  (shims + registers RaMBO losses and heads)
 from rambo_mmdet.models.losses import name_ranking_losses  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 from mmdet.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from rambo_mmdet.cli import (check_dataset_paths, check_pretrained_weights,  # noqa: E402
-                             check_ranking_heads)
+                             check_ranking_heads, load_config)
 
 
 def parse_args(argv=None):
@@ -53,14 +53,7 @@ def parse_args(argv=None):
 
 def build_cfg(args):
     """Config from the file and the command line (priority: CLI > file > defaults)."""
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
