@@ -1,0 +1,950 @@
+"""Speed and peak-memory benchmark of RaMBO's AP loss against three baselines.
+
+What is measured, on the SAME logits ``[N, C]`` / labels ``[N]`` (``C`` = background, mmdet style) /
+label weights for every method of a case:
+
+* ``rambo``         ``RaMBOAPLoss`` (λ = 0.5, α = 0.15, β = 1/3) with ``memory_batches=0``, so that
+                    every method ranks exactly the same scores;
+* ``rambo-core``     the same loss by the ranking core's fused ``detection_ap_loss`` (both terms in
+                    one blackbox node, ignored rows excluded inside the ranker, no memory), what
+                    ``RaMBOAPLoss`` costs once it calls it; skipped where the core lacks it. Its
+                    targets are printed too, marked informational;
+* ``rambo+memory``  the same loss with the default score memory (τ = 7), filled by 7 previous
+                    calls on batches of the same shape (steady state: every timed call also pushes);
+* ``reference``     the same loss computed the paper's way (:func:`reference_ap_loss`): full
+                    ``argsort(argsort)`` ranks of every column and of the flattened matrix, blackbox
+                    backward by two more full re-rankings (``ArgsortBlackboxRanks``), ranks among
+                    positives by argsort too. Its loss and gradient are checked to equal RaMBO's on
+                    tie-free data before anything is timed (the ``check`` section of the output);
+* ``focal``         mmdet's ``FocalLoss`` (sigmoid, γ = 2, α = 0.25) called as RetinaHead calls it
+                    (``avg_factor`` = number of positives). On CPU mmdet runs its Python path
+                    ``py_sigmoid_focal_loss``; on CUDA the mmcv op. Without mmdet (a torch-only GPU
+                    box) the same formula in plain torch is used and the row says so;
+* ``aploss``        a pairwise ``O(P·N)`` AP-Loss (Chen et al., CVPR 2019) written from the paper's
+                    description (:class:`PairwiseAPLoss`): one ranking of all (anchor, class)
+                    scores, piecewise-linear step ``H(x) = clamp(x / 2δ + 0.5, 0, 1)`` with
+                    δ = 1, and the paper's error-driven update as a custom autograd function.
+                    Chunked over the positives (bounded memory); skipped where ``P·N`` exceeds
+                    ``--aploss-budget``.
+
+Timing: forward + backward (``loss.backward()`` down to the logits) of one call, after one warm-up
+call; the median of ``R`` timed calls is reported (``R`` shrinks for slow calls, see
+:func:`_repeats_for`; the table shows the ``R`` used).
+
+Clock and threads on CPU: the default is ONE intra-op thread (``--threads 1``) and the time is the
+process's CPU time (``time.process_time``), the wall-clock time next to it. On a small machine that
+other jobs share, two OpenMP threads wait for each other at every parallel op's barrier whenever
+one of them is descheduled: measured on the 2-core development box at load 8, the focal loss at
+100k scores took 470 ms with 2 threads and 2 ms with 1; and the wall time of a single thread
+grows with the machine's load. CPU time of one thread counts the work done, whatever else runs.
+All methods run under the same setting. ``--threads 0`` uses torch's default thread count (time
+is then wall clock), as does CUDA (synchronised wall clock).
+
+Peak memory: the growth of the peak over the
+live baseline (inputs, and the score memory for ``rambo+memory``) during the warm-up and the timed
+calls (the gradient of the logits included):
+
+* CPU: each case runs in its own forked child of a parent that only imported the libraries. The
+  child builds its inputs, returns freed heap to the OS (``malloc_trim``), resets the kernel's peak
+  resident set (``echo 5 > /proc/self/clear_refs``) and reads ``VmHWM - VmRSS`` from
+  ``/proc/self/status`` around the calls. (``tracemalloc`` does not see torch allocations; torch's
+  CPU allocator does not cache, so the resident peak is the allocation peak plus page granularity.)
+  Where ``clear_refs`` is refused, ``ru_maxrss`` of the fresh child is used instead.
+  A case that exceeds ``--case-timeout`` is killed and reported as skipped.
+* CUDA: ``torch.cuda.max_memory_allocated`` (reset before each case) minus the memory allocated
+  before the timed calls. Cases run in-process.
+
+Data: per image ~150 positive anchors (long-tailed classes, ``p(c) ∝ 1/(c+1)``), 1% ignored anchors
+(label = background, weight 0), the rest background. Regimes: ``init`` (all logits ``-4.6 +
+0.1·randn``, positives too: the prior of a freshly initialised RetinaNet) and ``trained``
+(negatives ``-8 + randn``, positive entries ``+2 + randn``).
+
+Sizes (anchors per image × images × 80 classes): ``100k`` (1250 × 1), ``1M`` (12500 × 1), ``10M``
+(125000 × 1), ``retina`` (120000 × 2 = 19.2M scores, RetinaNet on COCO at batch 2) and, with
+``--scale`` only, ``scale`` (78000 × 16 = 99.8M scores) for ``rambo(-core)`` alone: time and memory
+per score (no quadratic memory). It is off by default for its cost: about 2 minutes more on the
+2-core CPU box and 0.4 GB of logits plus a 2.8 GB peak. ``quick`` (400 × 1) is for the smoke test
+(``--quick``).
+
+Usage::
+
+    python tools/benchmark_loss.py                     # default: 100k,1M,10M,retina on CPU
+    python tools/benchmark_loss.py --device cuda --scale
+    python tools/benchmark_loss.py --sizes 10M --repeats 7
+    python tools/benchmark_loss.py --quick --out-dir /tmp/bench   # smoke test, seconds
+
+Outputs ``<out-dir>/<device-name>.json`` and ``.md`` (``<device-name>-quick.*`` with ``--quick``),
+default ``results/benchmark_loss/``; the device name is ``cpu-<cpu model>-<cores>c`` or the CUDA
+device name. Printed: the table, a per-size summary (``reference/rambo`` speed-up, ``rambo/focal``
+time ratio) and the team's targets (at 10M scores: init >= 5x faster than the reference and <= 1.5x
+the focal loss's time; trained >= 50x and <= 0.25x) with PASS/MISS.
+
+Only ``rambo_mmdet.ranking`` (pure torch) is required. mmdet is imported lazily: without it the
+``rambo`` rows use :func:`rambo_core_loss` (``RaMBOAPLoss.forward`` rebuilt from the ranking core,
+checked against ``RaMBOAPLoss`` whenever mmdet is present) and ``focal`` the plain-torch formula.
+"""
+import argparse
+import ctypes
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import select
+import signal
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # run from a checkout, installed or not
+
+from rambo_mmdet import ranking  # noqa: E402
+from rambo_mmdet.ranking import (ArgsortBlackboxRanks, PositiveSet, ScoreMemory,  # noqa: E402
+                                 argsort_ranks, average_precision_loss, check_scores)
+
+#: the core's fused detection loss (both terms in one blackbox node), where the core has it
+detection_ap_loss = getattr(ranking, 'detection_ap_loss', None)
+
+# ------------------------------------------------------------------------------ settings
+LAMBDA = 0.5           # blackbox interpolation λ (paper's detection default)
+MARGIN = 0.15          # margin α
+BETA = 1.0 / 3.0       # interclass weight β
+TAU = 7                # score-memory batches τ
+FOCAL_GAMMA, FOCAL_ALPHA = 2.0, 0.25
+APLOSS_DELTA = 1.0     # AP-Loss's δ of the piecewise-linear step
+NUM_CLASSES = 80
+POS_PER_IMAGE = 150
+IGNORED_FRACTION = 0.01
+
+#: name -> (anchors per image, images); scores = anchors * images * NUM_CLASSES
+SIZES: Dict[str, Tuple[int, int]] = {
+    'quick': (400, 1),
+    '100k': (1250, 1),
+    '1M': (12500, 1),
+    '10M': (125000, 1),
+    'retina': (120000, 2),
+    'scale': (78000, 16),
+}
+DEFAULT_SIZES = ('100k', '1M', '10M', 'retina')
+REGIMES = ('init', 'trained')
+METHODS = ('rambo', 'rambo-core', 'rambo+memory', 'reference', 'focal', 'aploss')
+SCALE_METHODS = ('rambo', 'rambo-core')
+
+TARGET_SIZE = '10M'
+TARGETS = {  # regime -> (min reference/rambo speed-up, max rambo/focal time ratio)
+    'init': (5.0, 1.5),
+    'trained': (50.0, 0.25),
+}
+
+
+def has_mmdet() -> bool:
+    try:
+        import mmdet  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------ inputs
+def size_info(name: str) -> Dict:
+    anchors, images = SIZES[name]
+    rows = anchors * images
+    return dict(size=name, anchors_per_image=anchors, images=images, rows=rows,
+                classes=NUM_CLASSES, scores=rows * NUM_CLASSES,
+                positives=images * min(POS_PER_IMAGE, anchors // 8))
+
+
+def make_inputs(name: str, regime: str, device: str,
+                seed: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(logits [N, C] float32 requires_grad, labels [N] int64, label_weights [N] float32)``."""
+    info = size_info(name)
+    anchors, images, num_classes = info['anchors_per_image'], info['images'], NUM_CLASSES
+    gen = torch.Generator().manual_seed(seed + 1000 * REGIMES.index(regime))
+    labels = torch.full((images, anchors), num_classes, dtype=torch.int64)
+    weights = torch.ones(images, anchors)
+    class_prob = 1.0 / torch.arange(1, num_classes + 1, dtype=torch.float64)
+    num_pos = info['positives'] // images
+    num_ignored = max(1, int(IGNORED_FRACTION * anchors))
+    for img in range(images):
+        perm = torch.randperm(anchors, generator=gen)
+        pos_rows = perm[:num_pos]
+        labels[img, pos_rows] = torch.multinomial(class_prob, num_pos, replacement=True,
+                                                  generator=gen)
+        weights[img, perm[num_pos:num_pos + num_ignored]] = 0.0
+    labels, weights = labels.view(-1), weights.view(-1)
+    dgen = torch.Generator(device=device).manual_seed(seed + 7 + 1000 * REGIMES.index(regime))
+    logits = torch.randn(info['rows'], num_classes, generator=dgen, device=device)
+    labels, weights = labels.to(device), weights.to(device)
+    pos_rows = (labels < num_classes).nonzero().squeeze(1)
+    if regime == 'init':
+        logits.mul_(0.1).add_(-4.6)
+    else:
+        logits.add_(-8.0)
+        logits[pos_rows, labels[pos_rows]] += 10.0  # -8 + randn -> +2 + randn
+    return logits.requires_grad_(True), labels, weights
+
+
+def make_tie_free_inputs(name: str, regime: str, seed: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
+    """Inputs of the same structure whose scores are all distinct multiples of ``2**-12``, in the
+    order of the regime's random scores but evenly spaced (so the gap between positives and
+    negatives of ``trained`` shrinks to a few steps and the margin makes both losses non-trivial).
+
+    On that grid every float32 value is exact, and ``s_pos - s_neg`` is never within ``0.4·2**-12``
+    of the margin α = 0.15 (= 614.4 grid steps), so shifting by ``±α/2`` (reference) or by ``α``
+    (RaMBO) orders every pair the same way despite rounding.
+    """
+    logits, labels, weights = make_inputs(name, regime, 'cpu', seed)
+    with torch.no_grad():
+        flat = logits.detach().view(-1)
+        order = torch.argsort(flat)
+        grid = torch.empty_like(flat)
+        # distinct grid values in the same order as the random scores, centred on them
+        steps = torch.arange(flat.numel(), dtype=torch.float64)
+        centre = float(flat.double().median())
+        spread = float(flat.double().std())
+        span = flat.numel() * 2.0 ** -12
+        stretch = max(1, int(math.ceil(6 * spread / span)))  # keep the regime's rough shape
+        values = (torch.round(torch.tensor(centre * 4096.0)) / 4096.0
+                  + (steps - flat.numel() / 2) * stretch * 2.0 ** -12)
+        grid[order] = values.float()
+    return grid.view_as(logits).requires_grad_(True), labels, weights
+
+
+# ------------------------------------------------------------------------------ methods
+def rambo_core_loss(cls_score: Tensor, labels: Tensor, label_weights: Optional[Tensor],
+                    memory: Optional[ScoreMemory] = None) -> Tensor:
+    """``RaMBOAPLoss.forward`` (default settings) rebuilt from the pure-torch ranking core.
+
+    Used for the ``rambo`` rows where mmdet is absent; checked against ``RaMBOAPLoss`` where
+    present.
+    """
+    num_classes = cls_score.shape[1]
+    check_scores(cls_score)
+    scores, labels = cls_score, labels.long()
+    if label_weights is not None:
+        keep = label_weights.reshape(label_weights.shape[0], -1).amax(dim=1) > 0
+        if not bool(keep.all()):
+            scores, labels = scores[keep], labels[keep]
+    class_scores, class_labels = (memory.extend(scores, labels) if memory is not None
+                                  else (scores.float(), labels))
+    map_loss, has_positive = average_precision_loss(
+        class_scores, PositiveSet.from_labels(class_labels, num_classes), LAMBDA, MARGIN)
+    loss = (1.0 - BETA) * map_loss.sum() / has_positive.sum().clamp(min=1)
+    apc_loss, _ = average_precision_loss(
+        scores.float().reshape(-1, 1), PositiveSet.from_labels(labels, num_classes, flatten=True),
+        LAMBDA, MARGIN)
+    loss = loss + BETA * apc_loss.sum()
+    if memory is not None:
+        memory.push(scores, labels)
+    return loss
+
+
+def rambo_fused_loss(cls_score: Tensor, labels: Tensor,
+                      label_weights: Optional[Tensor]) -> Tensor:
+    """The core's fused ``detection_ap_loss`` (no memory): both terms in one blackbox node, ignored
+    rows excluded inside the ranker; the same value and gradient as ``RaMBOAPLoss``."""
+    check_scores(cls_score)
+    excluded = None
+    if label_weights is not None:
+        excluded = (label_weights.reshape(label_weights.shape[0], -1).amax(dim=1) <= 0)
+        excluded = excluded.nonzero().squeeze(1)
+    return detection_ap_loss(cls_score, labels.long(), excluded, None, LAMBDA, MARGIN, BETA)
+
+
+def _reference_columns(shifted: Tensor, positive: Tensor) -> Tuple[Tensor, Tensor]:
+    """``1 - AP`` of every column by full argsort ranks; ``(loss [G], has_positive [G])``."""
+    ranks = ArgsortBlackboxRanks.apply(shifted, LAMBDA)  # rk / n of every entry
+    among = argsort_ranks(shifted.detach().masked_fill(~positive, float('-inf')))  # rk+ / n
+    count = positive.sum(dim=0)
+    precision = torch.where(positive, among / ranks, torch.zeros_like(ranks))
+    ap = precision.sum(dim=0) / count.clamp(min=1)
+    has_positive = count > 0
+    return torch.where(has_positive, 1.0 - ap, torch.zeros_like(ap)), has_positive
+
+
+def reference_ap_loss(cls_score: Tensor, labels: Tensor,
+                      label_weights: Optional[Tensor]) -> Tensor:
+    """RaMBO's loss the paper's way: margin shift ``±α/2`` of every entry, full ``argsort(argsort)``
+    blackbox ranks of each class column and of the flattened matrix, ranks among positives by
+    argsort (negatives masked to ``-inf``); ``(1 - β)·mean_c(1 - AP_c) + β·(1 - AP_flat)``."""
+    num_classes = cls_score.shape[1]
+    scores, labels = cls_score.float(), labels.long()
+    if label_weights is not None:
+        keep = label_weights.reshape(label_weights.shape[0], -1).amax(dim=1) > 0
+        if not bool(keep.all()):
+            scores, labels = scores[keep], labels[keep]
+    positive = torch.zeros_like(scores, dtype=torch.bool)
+    rows = (labels < num_classes).nonzero().squeeze(1)
+    positive[rows, labels[rows]] = True
+    half = MARGIN / 2
+    shifted = scores + torch.where(positive, -half, half)
+    class_loss, has_positive = _reference_columns(shifted, positive)
+    loss = (1.0 - BETA) * class_loss.sum() / has_positive.sum().clamp(min=1)
+    flat_loss, _ = _reference_columns(shifted.reshape(-1, 1), positive.reshape(-1, 1))
+    return loss + BETA * flat_loss.sum()
+
+
+def torch_focal_loss(cls_score: Tensor, labels: Tensor, label_weights: Tensor,
+                     avg_factor: float) -> Tensor:
+    """Sigmoid focal loss in plain torch, the formula of mmdet's ``py_sigmoid_focal_loss``
+    (for a machine without mmdet)."""
+    num_classes = cls_score.shape[1]
+    target = F.one_hot(labels, num_classes + 1)[:, :num_classes].type_as(cls_score)
+    prob = cls_score.sigmoid()
+    one_minus_pt = (1 - prob) * target + prob * (1 - target)
+    focal_weight = (FOCAL_ALPHA * target + (1 - FOCAL_ALPHA) * (1 - target)) \
+        * one_minus_pt.pow(FOCAL_GAMMA)
+    loss = F.binary_cross_entropy_with_logits(cls_score, target, reduction='none') * focal_weight
+    loss = loss * label_weights.view(-1, 1)
+    return loss.sum() / (avg_factor + torch.finfo(torch.float32).eps)
+
+
+class PairwiseAPLoss(torch.autograd.Function):
+    """AP-Loss (Chen et al., CVPR 2019) from the paper's description, pairwise ``O(P·N)``.
+
+    One ranking of all scores: for positive ``i`` and every negative ``j``, ``x_ij = s_j - s_i``,
+    ``H(x) = clamp(x / 2δ + 0.5, 0, 1)``;
+    ``L_ij = H(x_ij) / (1 + Σ_{k pos, k≠i} H(x_ik) + Σ_{j neg} H(x_ij))``;
+    loss ``= (1/P) Σ_i Σ_j L_ij`` (``= 1 - AP`` with the smoothed step).
+
+    Backward is the paper's error-driven update (not the derivative of ``H``): with ``L_ij``
+    held constant, ``g(s_i) = -(1/P) Σ_j L_ij`` for a positive, ``g(s_j) = (1/P) Σ_i L_ij`` for a
+    negative. It is accumulated during the forward (as the paper's implementation does) and scaled
+    by the incoming gradient in the backward. Positives are processed in chunks of at most
+    ``chunk_pairs`` pairs, so the extra memory is ``O(chunk_pairs + N)``.
+    """
+
+    @staticmethod
+    def forward(ctx, scores: Tensor, pos_index: Tensor, neg_index: Tensor, delta: float,
+                chunk_pairs: int) -> Tensor:
+        flat = scores.detach().reshape(-1).float()
+        pos, neg = flat[pos_index], flat[neg_index]
+        num_pos, num_neg = pos.numel(), neg.numel()
+        update = torch.zeros_like(flat)
+        if num_pos == 0:
+            ctx.save_for_backward(update)
+            return flat.new_zeros(())
+        neg_update = torch.zeros_like(neg)
+        pos_update = torch.empty_like(pos)
+        loss_sum = flat.new_zeros(())
+        chunk = max(1, min(num_pos, chunk_pairs // max(num_neg, num_pos, 1)))
+        inv = 1.0 / (2.0 * delta)
+        for start in range(0, num_pos, chunk):
+            p = pos[start:start + chunk]
+            # among positives: Σ_{k≠i} H(s_k - s_i) (H(0) = 0.5 is the k = i term)
+            pos_term = (pos[None, :] - p[:, None]).mul_(inv).add_(0.5).clamp_(0.0, 1.0)
+            rank_pos = pos_term.sum(dim=1) - 0.5
+            pair = (neg[None, :] - p[:, None]).mul_(inv).add_(0.5).clamp_(0.0, 1.0)  # H(x_ij)
+            rank_neg = pair.sum(dim=1)
+            rank = 1.0 + rank_pos + rank_neg
+            pair.div_(rank[:, None])  # L_ij
+            neg_update += pair.sum(dim=0)
+            pos_update[start:start + chunk] = -(rank_neg / rank)
+            loss_sum += (rank_neg / rank).sum()
+            del pair, pos_term
+        update[pos_index] = pos_update / num_pos
+        update[neg_index] = neg_update / num_pos
+        ctx.save_for_backward(update)
+        return loss_sum / num_pos
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        update, = ctx.saved_tensors
+        return update * grad_output, None, None, None, None
+
+
+def aploss_indices(labels: Tensor, label_weights: Tensor,
+                   num_classes: int) -> Tuple[Tensor, Tensor]:
+    """Flat indices into ``[N, C]`` of the positive and the negative entries (ignored rows out)."""
+    rows = (labels < num_classes).nonzero().squeeze(1)
+    pos_index = rows * num_classes + labels[rows]
+    negative = (label_weights > 0)[:, None].expand(-1, num_classes).clone()
+    negative[rows, labels[rows]] = False
+    return pos_index, negative.view(-1).nonzero().squeeze(1)
+
+
+def pairwise_ap_loss(cls_score: Tensor, labels: Tensor, label_weights: Tensor,
+                     chunk_pairs: int = 1 << 24) -> Tensor:
+    pos_index, neg_index = aploss_indices(labels, label_weights, cls_score.shape[1])
+    loss = PairwiseAPLoss.apply(cls_score.reshape(-1), pos_index, neg_index, APLOSS_DELTA,
+                                chunk_pairs)
+    return loss
+
+
+def build_method(method: str, device: str) -> Tuple[Callable, str]:
+    """``(loss_fn(logits, labels, weights) -> loss, label for the table)``."""
+    mmdet = has_mmdet()
+    if method in ('rambo', 'rambo+memory'):
+        tau = TAU if method == 'rambo+memory' else 0
+        if mmdet:
+            from rambo_mmdet.models.losses import RaMBOAPLoss
+            module = RaMBOAPLoss(lambda_val=LAMBDA, margin=MARGIN, interclass_weight=BETA,
+                                 memory_batches=tau).to(device).train()
+            label = 'RaMBOAPLoss' + (f' tau={tau}' if tau else ' (no memory)')
+            return (lambda x, y, w: module(x, y, w)), label
+        memory = ScoreMemory(tau) if tau else None
+        label = 'ranking core (RaMBOAPLoss rebuilt, no mmdet)' + (f' tau={tau}' if tau else '')
+        return (lambda x, y, w: rambo_core_loss(x, y, w, memory)), label
+    if method == 'rambo-core':
+        if detection_ap_loss is None:
+            raise RuntimeError('rambo_mmdet.ranking has no detection_ap_loss')
+        return rambo_fused_loss, 'ranking core detection_ap_loss (fused, no memory)'
+    if method == 'reference':
+        return reference_ap_loss, 'argsort(argsort) reference, same loss'
+    if method == 'focal':
+        if mmdet:
+            from mmdet.models.losses import FocalLoss
+            focal = FocalLoss(use_sigmoid=True, gamma=FOCAL_GAMMA, alpha=FOCAL_ALPHA,
+                              loss_weight=1.0)
+            path = ('mmcv CUDA op' if device == 'cuda' else 'mmdet py_sigmoid_focal_loss')
+            return ((lambda x, y, w: focal(x, y, w, avg_factor=float((y < x.shape[1]).sum()))),
+                    f'mmdet FocalLoss ({path})')
+        return ((lambda x, y, w: torch_focal_loss(x, y, w, float((y < x.shape[1]).sum()))),
+                'focal loss, plain torch (no mmdet)')
+    if method == 'aploss':
+        return (pairwise_ap_loss, f'pairwise AP-Loss (delta={APLOSS_DELTA:g}, error-driven custom '
+                'autograd)')
+    raise ValueError(f'unknown method {method!r}')
+
+
+# ------------------------------------------------------------------------------ measurement
+def _sync(device: str) -> None:
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+def _proc_status_kb(field: str) -> Optional[int]:
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith(field + ':'):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """Peak memory growth (bytes) over the baseline at ``start()``; see the module docstring."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.method, self.base = device, None, 0
+
+    def start(self) -> None:
+        if self.device == 'cuda':
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            self.method = 'torch.cuda.max_memory_allocated'
+            return
+        try:
+            ctypes.CDLL('libc.so.6').malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        try:
+            with open('/proc/self/clear_refs', 'w') as f:
+                f.write('5')  # reset VmHWM to the current RSS
+            self.method = 'VmHWM - VmRSS (/proc/self, peak reset by clear_refs)'
+        except OSError:
+            self.method = 'ru_maxrss of a fresh child - VmRSS'
+        self.base = (_proc_status_kb('VmRSS') or 0) * 1024
+
+    def peak(self) -> Optional[int]:
+        if self.device == 'cuda':
+            return torch.cuda.max_memory_allocated() - self.base
+        if self.method.startswith('VmHWM'):
+            hwm = _proc_status_kb('VmHWM')
+        else:
+            import resource
+            hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+        return None if hwm is None else max(0, hwm * 1024 - self.base)
+
+
+def _repeats_for(first_call_s: float, repeats: int) -> int:
+    """Timed calls after the warm-up; fewer for slow cases (keeps the default run within minutes
+    on 2 cores). 0: a call over 10 s is timed once, the warm-up call being that measurement
+    (first-call effects are negligible at that duration); the table marks it ``1*``."""
+    if first_call_s > 10.0:
+        return 0
+    if first_call_s > 3.0:
+        return min(repeats, 3)
+    return repeats
+
+
+def use_cpu_clock(device: str) -> bool:
+    """Time by the process's CPU time (see the module docstring) on a single-threaded CPU run."""
+    return device == 'cpu' and torch.get_num_threads() == 1
+
+
+def run_case(device: str, size: str, regime: str, method: str, repeats: int,
+             seed: int = 0) -> Dict:
+    """Time and measure one (size, regime, method); returns a row dict."""
+    fn, label = build_method(method, device)
+    tiny = make_inputs('quick', regime, device, seed + 99)
+    loss = fn(*tiny)  # first-call effects (thread pools, lazy init) out of time and peak memory
+    loss.backward()
+    del tiny, loss
+    logits, labels, weights = make_inputs(size, regime, device, seed)
+    if method == 'rambo+memory':  # fill the memory with TAU previous batches
+        with torch.no_grad():
+            for k in range(TAU):
+                x, y, w = make_inputs(size, regime, device, seed + 101 + k)
+                fn(x.detach(), y, w)
+                del x, y, w
+    cpu_clock = use_cpu_clock(device)
+
+    def call() -> Tuple[float, float, float]:
+        """``(seconds by the reported clock, wall seconds, loss)``."""
+        logits.grad = None
+        _sync(device)
+        w0, c0 = time.perf_counter(), time.process_time()
+        loss = fn(logits, labels, weights)
+        loss.backward()
+        _sync(device)
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+        return (cpu if cpu_clock else wall), wall, float(loss.detach())
+
+    memory = PeakMemory(device)
+    memory.start()  # baseline: the inputs (and the filled score memory)
+    warm = call()
+    n = _repeats_for(warm[0], repeats)
+    calls = [call() for _ in range(n)] or [warm]
+    peak = memory.peak()
+    times, walls = [c[0] for c in calls], [c[1] for c in calls]
+    return dict(status='ok', impl=label, ms=1e3 * statistics.median(times),
+                wall_ms=1e3 * statistics.median(walls), clock='cpu' if cpu_clock else 'wall',
+                ms_all=[round(1e3 * t, 3) for t in times], warmup_ms=round(1e3 * warm[0], 3),
+                repeats=len(times), warmup_is_sample=n == 0,
+                peak_mb=None if peak is None else peak / 2 ** 20, peak_method=memory.method,
+                loss=warm[2])
+
+
+def run_check(device: str, size: str) -> Dict:
+    """Loss and gradient of RaMBO vs the argsort reference on tie-free data (both regimes); also
+    ``RaMBOAPLoss`` vs the core rebuild when mmdet is present. Raises ``AssertionError`` on a
+    mismatch."""
+    out = dict(size=size, regimes={})
+    for regime in REGIMES:
+        x, y, w = make_tie_free_inputs(size, regime)
+        x = x.detach().to(device)
+        y, w = y.to(device), w.to(device)
+        flat = x.view(-1)
+        assert torch.unique(flat).numel() == flat.numel(), 'check data has ties'
+        results = {}
+        methods = [('rambo', build_method('rambo', device)[0]), ('reference', reference_ap_loss)]
+        if has_mmdet():
+            methods.append(('rambo_core', lambda a, b, c: rambo_core_loss(a, b, c)))
+        if detection_ap_loss is not None:
+            methods.append(('rambo_fused', rambo_fused_loss))
+        for name, fn in methods:
+            xi = x.clone().requires_grad_(True)
+            loss = fn(xi, y, w)
+            loss.backward()
+            results[name] = (float(loss.detach()), xi.grad.detach().clone())
+        rambo_loss, rambo_grad = results['rambo']
+        ref_loss, ref_grad = results['reference']
+        grad_diff = float((rambo_grad - ref_grad).abs().max())
+        grad_scale = float(ref_grad.abs().max())
+        row = dict(rambo_loss=rambo_loss, reference_loss=ref_loss,
+                   loss_abs_diff=abs(rambo_loss - ref_loss), grad_max_abs_diff=grad_diff,
+                   grad_max_abs=grad_scale,
+                   rambo_impl=build_method('rambo', device)[1])
+        row['loss_equal'] = abs(rambo_loss - ref_loss) <= 1e-6 * max(1.0, abs(ref_loss))
+        row['grad_equal'] = grad_diff <= 1e-5 * max(1.0, grad_scale)
+        if 'rambo_core' in results:
+            core_loss, core_grad = results['rambo_core']
+            row['core_loss'] = core_loss
+            row['core_equal'] = (abs(core_loss - rambo_loss) <= 1e-6 * max(1.0, abs(rambo_loss))
+                                 and bool(torch.allclose(core_grad, rambo_grad, rtol=1e-5,
+                                                         atol=1e-7)))
+        if 'rambo_fused' in results:
+            fused_loss, fused_grad = results['rambo_fused']
+            row['fused_loss'] = fused_loss
+            row['fused_equal'] = (abs(fused_loss - ref_loss) <= 1e-6 * max(1.0, abs(ref_loss))
+                                  and float((fused_grad - ref_grad).abs().max())
+                                  <= 1e-5 * max(1.0, grad_scale))
+        out['regimes'][regime] = row
+        assert row.get('fused_equal', True), f'{regime}: detection_ap_loss != reference'
+        assert row['loss_equal'], f'{regime}: RaMBO loss {rambo_loss} != reference {ref_loss}'
+        assert row['grad_equal'], f'{regime}: gradients differ by {grad_diff}'
+        assert row.get('core_equal', True), f'{regime}: RaMBOAPLoss != ranking-core rebuild'
+    return out
+
+
+# ------------------------------------------------------------------------------ isolation
+def in_child(fn: Callable, args: tuple, timeout: float, use_fork: bool) -> Dict:
+    """Run ``fn(*args)`` in a forked child (fresh peak-memory accounting, killable); returns
+    its dict, or ``{'status': 'skipped'|'error', 'reason': ...}``."""
+    if not use_fork:
+        try:
+            return fn(*args)
+        except Exception:  # noqa: BLE001 - reported in the table
+            return dict(status='error', reason=traceback.format_exc(limit=3))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            os.close(read_fd)
+            try:
+                payload = json.dumps(dict(result=fn(*args)))
+            except BaseException:  # noqa: BLE001
+                payload = json.dumps(dict(error=traceback.format_exc()))
+            data = payload.encode()
+            while data:
+                data = data[os.write(write_fd, data):]
+            os.close(write_fd)
+        except BaseException:  # noqa: BLE001
+            code = 1
+        os._exit(code)
+    os.close(write_fd)
+    chunks, deadline, timed_out = [], time.monotonic() + timeout, False
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            break
+        ready, _, _ = select.select([read_fd], [], [], left)
+        if ready:
+            chunk = os.read(read_fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    os.close(read_fd)
+    if timed_out:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    if timed_out:
+        return dict(status='skipped', reason=f'timeout: one case > {timeout:.0f} s')
+    try:
+        message = json.loads(b''.join(chunks).decode())
+    except ValueError:
+        return dict(status='error', reason=f'child died (wait status {status}, out of memory?)')
+    if 'error' in message:
+        return dict(status='error', reason=message['error'])
+    return message['result']
+
+
+# ------------------------------------------------------------------------------ reporting
+def code_state() -> Dict:
+    """Which code was measured: git commit, modified files, and a hash of the package sources
+    (the checkout changes while people work; the forked children all run the code imported at
+    the start)."""
+    import hashlib
+    import subprocess
+    state = dict(git_commit=None, modified=None)
+    try:
+        state['git_commit'] = subprocess.run(
+            ['git', 'rev-parse', 'HEAD'], cwd=REPO_ROOT, capture_output=True, text=True,
+            timeout=10).stdout.strip() or None
+        status = subprocess.run(['git', 'status', '--porcelain', '--', 'rambo_mmdet', 'tools'],
+                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout
+        state['modified'] = [line[3:] for line in status.splitlines()]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    digest = hashlib.sha256()
+    for path in sorted((REPO_ROOT / 'rambo_mmdet').rglob('*.py')):
+        digest.update(str(path.relative_to(REPO_ROOT)).encode() + b'\0' + path.read_bytes())
+    state['rambo_mmdet_sha256'] = digest.hexdigest()[:16]
+    return state
+
+
+def device_name(device: str) -> str:
+    if device == 'cuda':
+        raw = torch.cuda.get_device_name(0)
+    else:
+        model = platform.processor() or platform.machine()
+        try:
+            with open('/proc/cpuinfo') as f:
+                for line in f:
+                    if line.startswith('model name'):
+                        model = line.split(':', 1)[1]
+                        break
+        except OSError:
+            pass
+        raw = f'cpu-{model}-{os.cpu_count()}c'
+    return re.sub(r'[^a-z0-9]+', '-', raw.lower().replace('(r)', '').replace('(tm)', '')).strip('-')
+
+
+def _fmt(value, spec: str, missing: str = '-') -> str:
+    return missing if value is None else format(value, spec)
+
+
+def summarise(rows: List[Dict]) -> List[Dict]:
+    by_key = {(r['size'], r['regime'], r['method']): r for r in rows}
+    out = []
+    for size in dict.fromkeys(r['size'] for r in rows):
+        for regime in REGIMES:
+            rambo = by_key.get((size, regime, 'rambo'))
+            if rambo is None or rambo['status'] != 'ok':
+                continue
+
+            def ms(method):
+                row = by_key.get((size, regime, method))
+                return row['ms'] if row and row['status'] == 'ok' else None
+
+            def ratio(a, b):
+                return None if a is None or b is None else a / b
+
+            base, core = rambo['ms'], ms('rambo-core')
+            ref, focal, apl, mem = ms('reference'), ms('focal'), ms('aploss'), ms('rambo+memory')
+            out.append(dict(size=size, regime=regime, scores=rambo['scores'], rambo_ms=base,
+                            rambo_peak_mb=rambo['peak_mb'],
+                            reference_over_rambo=ratio(ref, base),
+                            rambo_over_focal=ratio(base, focal),
+                            aploss_over_rambo=ratio(apl, base),
+                            memory_over_rambo=ratio(mem, base), core_ms=core,
+                            reference_over_core=ratio(ref, core),
+                            core_over_focal=ratio(core, focal)))
+    return out
+
+
+def evaluate_targets(summary: List[Dict]) -> List[Dict]:
+    """The team's targets for ``rambo`` (``RaMBOAPLoss``); the same for ``rambo-core`` (the
+    core's fused loss), marked informational."""
+    out = []
+    for method, speed_key, ratio_key, note in (
+            ('rambo', 'reference_over_rambo', 'rambo_over_focal', ''),
+            ('rambo-core', 'reference_over_core', 'core_over_focal', ' (informational)')):
+        for regime, (min_speedup, max_ratio) in TARGETS.items():
+            row = next((s for s in summary
+                        if s['size'] == TARGET_SIZE and s['regime'] == regime), None)
+            speedup = None if row is None else row[speed_key]
+            ratio = None if row is None else row[ratio_key]
+            out.append(dict(method=method, name=f'{TARGET_SIZE} {regime}: reference/{method} >= '
+                            f'{min_speedup:g}x{note}', value=speedup,
+                            status='n/a' if speedup is None else
+                            ('PASS' if speedup >= min_speedup else 'MISS')))
+            out.append(dict(method=method, name=f'{TARGET_SIZE} {regime}: {method}/focal <= '
+                            f'{max_ratio:g}x{note}', value=ratio,
+                            status='n/a' if ratio is None else
+                            ('PASS' if ratio <= max_ratio else 'MISS')))
+    return out
+
+
+NOTE_R = ('fwd+bwd ms: median over R timed calls after one warm-up call (1*: one call of more '
+          'than 10 s, the warm-up call itself timed), by the clock named above; wall ms: the '
+          'median wall-clock time of the same calls.')
+
+
+def render(result: Dict) -> Tuple[str, str]:
+    """``(plain-text report, markdown report)``."""
+    rows, summary, targets, meta = (result['rows'], result['summary'], result['targets'],
+                                    result['meta'])
+    rambo_ms = {(r['size'], r['regime']): r['ms'] for r in rows
+                if r['method'] == 'rambo' and r['status'] == 'ok'}
+    head = ['size', 'scores', 'P', 'regime', 'method', 'fwd+bwd ms', 'R', 'wall ms', 'peak MB',
+            'x rambo', 'loss', 'note']
+    table = []
+    for r in rows:
+        base = rambo_ms.get((r['size'], r['regime']))
+        ok = r['status'] == 'ok'
+        note = r.get('impl', '') if ok else r.get('reason', '').strip().splitlines()[-1][:90]
+        table.append([r['size'], f"{r['scores'] / 1e6:.2f}M", str(r['positives']), r['regime'],
+                      r['method'], _fmt(r.get('ms') if ok else None, '.1f', r['status']),
+                      (str(r['repeats']) + ('*' if r.get('warmup_is_sample') else ''))
+                      if ok else '-',
+                      _fmt(r.get('wall_ms') if ok else None, '.1f'),
+                      _fmt(r.get('peak_mb') if ok else None, '.1f'),
+                      _fmt(r['ms'] / base if ok and base else None, '.2f'),
+                      _fmt(r.get('loss') if ok else None, '.5f'), note])
+    shead = ['size', 'regime', 'rambo ms', 'reference/rambo', 'rambo/focal', 'aploss/rambo',
+             'rambo+memory/rambo', 'rambo peak B/score', 'core ms', 'reference/core',
+             'core/focal']
+    stable = [[s['size'], s['regime'], f"{s['rambo_ms']:.1f}",
+               _fmt(s['reference_over_rambo'], '.1f'), _fmt(s['rambo_over_focal'], '.3f'),
+               _fmt(s['aploss_over_rambo'], '.1f'), _fmt(s['memory_over_rambo'], '.2f'),
+               _fmt(None if s['rambo_peak_mb'] is None
+                    else s['rambo_peak_mb'] * 2 ** 20 / s['scores'], '.1f'),
+               _fmt(s['core_ms'], '.1f'), _fmt(s['reference_over_core'], '.1f'),
+               _fmt(s['core_over_focal'], '.3f')] for s in summary]
+    ttable = [[t['name'], _fmt(t['value'], '.3g'), t['status']] for t in targets]
+    check = result.get('check') or {}
+
+    def plain(header, body):
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+        line = lambda cells: '  '.join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa
+        return '\n'.join([line(header), line(['-' * w for w in widths])] + [line(b) for b in body])
+
+    def markdown(header, body):
+        esc = lambda c: str(c).replace('|', '\\|')  # noqa
+        return '\n'.join(['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+                         + ['| ' + ' | '.join(esc(c) for c in b) + ' |' for b in body])
+
+    check_lines = []
+    for regime, c in check.get('regimes', {}).items():
+        check_lines.append(
+            f"{regime}: rambo {c['rambo_loss']:.7f} reference {c['reference_loss']:.7f} "
+            f"(|diff| {c['loss_abs_diff']:.1e}); max |grad diff| {c['grad_max_abs_diff']:.1e} "
+            f"of max |grad| {c['grad_max_abs']:.1e}"
+            + (f"; RaMBOAPLoss == core rebuild: {c['core_equal']}" if 'core_equal' in c else '')
+            + (f"; detection_ap_loss == reference: {c['fused_equal']}" if 'fused_equal' in c
+               else ''))
+    code = meta.get('code') or {}
+    info = (f"code {str(code.get('git_commit'))[:10]} + {len(code.get('modified') or [])} "
+            f"modified file(s) (rambo_mmdet sha256 {code.get('rambo_mmdet_sha256')}); "
+            f"device {meta['device_name']} ({meta['device']}), torch {meta['torch']}, mmdet "
+            f"{meta['mmdet'] or 'absent'}, {meta['threads']} thread(s), time = {meta['clock']}; "
+            f"load average at start "
+            f"{meta['loadavg_start']}, at end {meta['loadavg_end']}; total {meta['total_s']:.0f} s")
+    text = '\n'.join([
+        info, '', f"exactness check (tie-free {check.get('size')} data):", *check_lines, '',
+        plain(head, table), NOTE_R, '', 'summary (time ratios, medians):', plain(shead, stable), '',
+        'targets:', plain(['target', 'value', 'status'], ttable)])
+    md = '\n'.join([
+        f"# Loss benchmark: {meta['device_name']}", '', info, '',
+        'Forward + backward time of one call (median of R timed calls after a warm-up) and peak '
+        'memory growth, on the same logits / labels for every method of a row group. '
+        f"Peak memory: {meta['peak_method']}. `x rambo`: time relative to `rambo` (no memory). "
+        f"{NOTE_R}",
+        '', f"Exactness check on tie-free {check.get('size')} data (reference vs RaMBO):", '',
+        *[f'- {line}' for line in check_lines], '', markdown(head, table), '', '## Summary', '',
+        markdown(shead, stable), '', '## Targets', '',
+        markdown(['target', 'value', 'status'], ttable), '',
+        'Settings: ' + ', '.join(f'{k}={v}' for k, v in meta['settings'].items()), ''])
+    return text, md
+
+
+# ------------------------------------------------------------------------------ main
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
+    parser.add_argument('--sizes', default=','.join(DEFAULT_SIZES),
+                        help=f'comma-separated, of {",".join(SIZES)} (default %(default)s)')
+    parser.add_argument('--regimes', default=','.join(REGIMES))
+    parser.add_argument('--methods', default=','.join(METHODS))
+    parser.add_argument('--repeats', type=int, default=5,
+                        help='timed calls per case after the warm-up (fewer for slow cases)')
+    parser.add_argument('--scale', action='store_true',
+                        help='also the 100M-score case (16 x 78000 x 80), rambo and rambo-core '
+                             'only')
+    parser.add_argument('--quick', action='store_true',
+                        help='tiny sizes only, 2 repeats (smoke test); writes <device>-quick.*')
+    parser.add_argument('--out-dir', default=str(REPO_ROOT / 'results' / 'benchmark_loss'))
+    parser.add_argument('--aploss-budget', type=float, default=2e9,
+                        help='skip aploss where positives x negatives exceeds this')
+    parser.add_argument('--case-timeout', type=float, default=300.0,
+                        help='CPU: kill and skip a case taking longer (seconds)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch intra-op threads (default: 1 on CPU, see the docstring; '
+                             'torch\'s own default on CUDA); 0: torch\'s default')
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.repeats, args.scale = 'quick', min(args.repeats, 2), False
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start = time.monotonic()
+    loadavg_start = ' '.join(f'{x:.2f}' for x in os.getloadavg())
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        print('--device cuda: CUDA is not available', file=sys.stderr)
+        return 2
+    sizes = [s for s in args.sizes.split(',') if s]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        print(f'unknown size(s) {unknown}; known: {list(SIZES)}', file=sys.stderr)
+        return 2
+    if args.scale and 'scale' not in sizes:
+        sizes.append('scale')
+    regimes = [r for r in args.regimes.split(',') if r]
+    methods = [m for m in args.methods.split(',') if m]
+    if set(regimes) - set(REGIMES) or set(methods) - set(METHODS):
+        print(f'regimes must be in {REGIMES}, methods in {METHODS}', file=sys.stderr)
+        return 2
+    threads = args.threads if args.threads is not None else (1 if args.device == 'cpu' else 0)
+    if threads > 0:
+        torch.set_num_threads(threads)  # before any parallel region and before forking
+    use_fork = args.device == 'cpu' and hasattr(os, 'fork')
+    mmdet_version = None
+    if has_mmdet():
+        import mmdet
+        from mmdet.models.losses import FocalLoss  # noqa: F401  (imported once, before forking)
+
+        from rambo_mmdet.models.losses import RaMBOAPLoss  # noqa: F401
+        mmdet_version = mmdet.__version__
+    name = device_name(args.device) + ('-quick' if args.quick else '')
+    code = code_state()
+
+    print(f'benchmark_loss: {name}, sizes {sizes}, regimes {regimes}, methods {methods}',
+          flush=True)
+    check_size = 'quick'
+    check = in_child(run_check, (args.device, check_size), args.case_timeout, use_fork)
+    if check.get('status') == 'error':
+        print('exactness check FAILED:\n' + check['reason'], file=sys.stderr)
+        return 1
+    print('exactness check: ' + json.dumps(
+        {k: (v['rambo_loss'], v['reference_loss']) for k, v in check['regimes'].items()}),
+        flush=True)
+
+    rows = []
+    for size in sizes:
+        info = size_info(size)
+        for regime in regimes:
+            for method in methods:
+                row = dict(info, regime=regime, method=method)
+                negatives = info['scores'] - info['positives']
+                if size == 'scale' and method not in SCALE_METHODS:
+                    continue
+                if method == 'aploss' and info['positives'] * negatives > args.aploss_budget:
+                    row.update(status='skipped', reason=f'skipped: O(P*N) = '
+                               f'{info["positives"] * negatives:.2g} > budget '
+                               f'{args.aploss_budget:.2g}')
+                else:
+                    row.update(in_child(run_case, (args.device, size, regime, method,
+                                                   args.repeats, args.seed),
+                                        args.case_timeout, use_fork))
+                rows.append(row)
+                shown = (f"{row['ms']:.1f} ms, peak {_fmt(row.get('peak_mb'), '.1f')} MB, "
+                         f"R={row['repeats']}" if row['status'] == 'ok'
+                         else row['status'] + ': ' + row.get('reason', '').strip()[-300:])
+                print(f'  {size:>6} {regime:>7} {method:<13} {shown}', flush=True)
+
+    summary = summarise(rows)
+    result = dict(
+        meta=dict(device=args.device, device_name=name, torch=torch.__version__,
+                  mmdet=mmdet_version, threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
+                  python=platform.python_version(), code=code,
+                  date=datetime.datetime.now().isoformat(timespec='seconds'),
+                  argv=sys.argv[1:] if argv is None else list(argv), sizes=sizes,
+                  regimes=regimes, methods=methods, repeats=args.repeats,
+                  clock='process CPU time (single thread)' if use_cpu_clock(args.device)
+                  else 'wall clock',
+                  peak_method=next((r['peak_method'] for r in rows if r.get('peak_method')), None),
+                  loadavg_start=loadavg_start,
+                  settings=dict(lambda_val=LAMBDA, margin=MARGIN, interclass_weight=round(BETA, 6),
+                                memory_batches=TAU, focal_gamma=FOCAL_GAMMA,
+                                focal_alpha=FOCAL_ALPHA, aploss_delta=APLOSS_DELTA,
+                                aploss_budget=args.aploss_budget, pos_per_image=POS_PER_IMAGE,
+                                ignored_fraction=IGNORED_FRACTION, seed=args.seed)),
+        check=check, rows=rows, summary=summary, targets=evaluate_targets(summary))
+    result['meta']['loadavg_end'] = ' '.join(f'{x:.2f}' for x in os.getloadavg())
+    result['meta']['total_s'] = time.monotonic() - start
+    text, md = render(result)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f'{name}.json').write_text(json.dumps(result, indent=1) + '\n')
+    (out_dir / f'{name}.md').write_text(md)
+    print()
+    print(text)
+    print(f'\nwrote {out_dir / (name + ".json")} and .md')
+    errors = [r for r in rows if r['status'] == 'error']
+    return 1 if errors else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
