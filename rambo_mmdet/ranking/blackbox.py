@@ -29,8 +29,9 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .counting import (PositiveSet, candidate_floor, dense_bins, negative_candidates,
-                       negatives_above, place_dense, place_sparse, sort_positives, sparse_bins)
+from .counting import (PositiveSet, candidate_floor, crossing_bounds, dense_bin_index, dense_bins,
+                       local_to_bins, negative_candidates, negatives_above, place_dense,
+                       place_sparse, sort_positives, sparse_bins)
 
 __all__ = ['RankingProblem', 'GradScale', 'route_output_grad', 'BlackboxPositiveRanks',
            'rank_problems', 'rank_positives', 'DENSE_FRACTION']
@@ -176,8 +177,10 @@ class _Solver:
         if self.dense:
             self.by_group = self._scores_by_group()
             self.not_negative = self._not_negative_positions(self.by_group.shape[1])
-            self.placement = place_dense(sorted_pos, positives, self.pos_scores, self.by_group)
-            bins = dense_bins(sorted_pos, positives, self.placement, self.not_negative)
+            self.sorted_pos = sorted_pos
+            self.binned = dense_bin_index(
+                positives, place_dense(sorted_pos, positives, self.pos_scores, self.by_group))
+            bins = self.bins = dense_bins(sorted_pos, positives, self.binned, self.not_negative)
         else:
             self.neg_index = self._candidates(floor)
             self.neg_group = self.neg_index % groups
@@ -201,17 +204,29 @@ class _Solver:
         is_live = positives.flat_index < self.live_size
 
         if self.dense:
-            placement_after = place_dense(sorted_after, positives, perturbed, self.by_group)
-            rank_after += negatives_above(sorted_after, positives, dense_bins(
-                sorted_after, positives, placement_after, self.not_negative))
-            delta = (self.placement - placement_after).view(-1)
-            delta[self.not_negative] = 0
-            delta = delta.view(groups, -1)[:, :self.live_rows]
-            delta = delta.t() if groups > 1 else delta.view(-1, 1)
-            if torch.is_tensor(scale):
-                grad.view(-1, groups).addcmul_(delta, scale)
-            else:
-                grad.view(-1, groups).add_(delta, alpha=scale)
+            # Only entries that some positive crossed change placement: find them with one gather
+            # and compare against the running bounds of the perturbed positives, then place just
+            # those exactly and update the histogram (no pass of searchsorted over every entry).
+            upper, lower = crossing_bounds(self.sorted_pos, positives, perturbed)
+            values, cell = self.by_group.view(-1), self.binned
+            crossed = (values < upper[cell]).logical_or_(values >= lower[cell])
+            crossed[self.not_negative] = False
+            index = crossed.nonzero().squeeze(1)
+            columns = self.by_group.shape[1]
+            width = upper.numel() // groups
+            group = index // columns
+            before = cell[index] - group * width
+            after = place_sparse(sorted_after, values[index], group) \
+                - positives.group_start[group]
+            num_bins = self.bins.numel()
+            bins = self.bins - torch.bincount(local_to_bins(positives, group, before),
+                                              minlength=num_bins) \
+                + torch.bincount(local_to_bins(positives, group, after), minlength=num_bins)
+            rank_after += negatives_above(sorted_after, positives, bins)
+            row = index % columns
+            live = row < self.live_rows
+            grad.index_add_(0, (row * groups + group)[live],
+                            (before - after)[live].to(grad.dtype) * scale)
         else:
             neg_index, neg_group, placement = self.neg_index, self.neg_group, self.placement
             if not bool((perturbed >= self.pos_scores).all()):

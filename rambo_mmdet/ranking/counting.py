@@ -25,13 +25,14 @@ strategies place the negatives, with identical results:
   ``[G, P_max]`` table of its sorted positive scores (padded with ``+inf``). No gather, no index
   lists. Best when most negatives survive the filter (logits near the prior, at initialisation).
 """
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 __all__ = ['float_order_keys', 'group_keys', 'PositiveSet', 'SortedPositives', 'sort_positives',
-           'candidate_floor', 'negative_candidates', 'contains', 'place_sparse', 'place_dense', 'sparse_bins', 'dense_bins',
+           'candidate_floor', 'negative_candidates', 'contains', 'place_sparse', 'place_dense',
+           'sparse_bins', 'dense_bin_index', 'dense_bins', 'local_to_bins', 'crossing_bounds',
            'negatives_above']
 
 _SIGN_FLIP = 0x7FFFFFFF
@@ -209,19 +210,34 @@ def sparse_bins(sorted_pos: SortedPositives, positives: PositiveSet, placement: 
     return torch.bincount(torch.where(above_any, placement - 1, num_pos), minlength=num_pos + 1)
 
 
-def dense_bins(sorted_pos: SortedPositives, positives: PositiveSet, placement: Tensor,
-               not_negative: Tensor) -> Tensor:
-    """Histogram bins (see :func:`negatives_above`) of dense ``[G, m]`` placements.
-
-    Args:
-        not_negative (Tensor): int64 positions in ``placement.view(-1)`` of the entries that were
-            placed but are not negatives (the positives themselves, excluded entries); their
-            contributions are removed.
-    """
+def dense_bin_index(positives: PositiveSet, placement: Tensor) -> Tensor:
+    """Flat index ``group * (P_max + 1) + placement`` of dense ``[G, m]`` placements (int32,
+    ``[G * m]``): the cell of each entry in per-group tables of width ``P_max + 1``."""
     num_groups = placement.shape[0]
     width = max(positives.max_count, 1) + 1
     offsets = torch.arange(num_groups, device=placement.device, dtype=placement.dtype) * width
-    binned = (placement + offsets[:, None]).view(-1)
+    return (placement + offsets[:, None]).view(-1)
+
+
+def local_to_bins(positives: PositiveSet, group: Tensor, local: Tensor) -> Tensor:
+    """Histogram bin (see :func:`negatives_above`) of group-local placements: ``group_start +
+    local - 1``, or the spare bin ``P`` for ``local == 0``."""
+    num_pos = positives.flat_index.numel()
+    return torch.where(local > 0, positives.group_start[group] + local - 1, num_pos)
+
+
+def dense_bins(sorted_pos: SortedPositives, positives: PositiveSet, binned: Tensor,
+               not_negative: Tensor) -> Tensor:
+    """Histogram bins (see :func:`negatives_above`) of dense placements.
+
+    Args:
+        binned (Tensor): :func:`dense_bin_index` of the placements.
+        not_negative (Tensor): int64 positions in ``binned`` of the entries that were placed but
+            are not negatives (the positives themselves, excluded entries); their contributions
+            are removed.
+    """
+    num_groups = positives.group_end.numel()
+    width = max(positives.max_count, 1) + 1
     per_group = torch.bincount(binned, minlength=num_groups * width)
     removed = binned[not_negative].long()
     per_group = per_group.index_add(0, removed, torch.full_like(per_group[:1], -1).expand(
@@ -230,6 +246,33 @@ def dense_bins(sorted_pos: SortedPositives, positives: PositiveSet, placement: T
     num_pos = sorted_pos.keys.numel()
     bins = per_group.new_zeros(num_pos + 1)
     counts = positives.group_end - positives.group_start
-    valid = torch.arange(1, width, device=placement.device)[None, :] <= counts[:, None]
-    target = positives.group_start[:, None] + torch.arange(width - 1, device=placement.device)
+    valid = torch.arange(1, width, device=binned.device)[None, :] <= counts[:, None]
+    target = positives.group_start[:, None] + torch.arange(width - 1, device=binned.device)
     return bins.index_put_((target[valid],), per_group[:, 1:][valid], accumulate=True)
+
+
+def crossing_bounds(sorted_pos: SortedPositives, positives: PositiveSet,
+                    perturbed: Tensor) -> Tuple[Tensor, Tensor]:
+    """Which placed entries a perturbation of the positives can re-place.
+
+    An entry in cell ``t`` of its group (above the ``t`` lowest original positives) changes
+    placement iff one of those ``t`` positives now scores above it (``s < upper[t]``) or one of
+    the others now scores at or below it (``s >= lower[t]``).
+
+    Returns:
+        tuple: ``upper`` and ``lower``, ``[G * (P_max + 1)]`` float32, indexed like
+        :func:`dense_bin_index`: the prefix maximum and the suffix minimum of the perturbed
+        scores in the original sorted order (``-inf`` / ``+inf`` where empty).
+    """
+    num_groups = positives.group_end.numel()
+    width = max(positives.max_count, 1) + 1
+    group = positives.group[sorted_pos.order]
+    within = torch.arange(group.numel(), device=group.device) - positives.group_start[group]
+    values = perturbed[sorted_pos.order]
+    low = perturbed.new_full((num_groups, width), -float('inf'))
+    low[group, within + 1] = values
+    upper = low.cummax(dim=1).values
+    high = perturbed.new_full((num_groups, width), float('inf'))
+    high[group, within] = values
+    lower = high.flip(1).cummin(dim=1).values.flip(1)
+    return upper.view(-1), lower.view(-1)
