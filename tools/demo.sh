@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# rambo_mmdet main-job demo (`make demo`): Faster R-CNN R18-FPN trained with the RaMBO AP loss in
+# its box head on FashionDet (Fashion-MNIST garments pasted on 256x256 canvases, 10 classes), on
+# the CPU, then evaluated on the test split with COCO mAP and VOC mAP.
+#
+#   1. build data/fashion_det/ if missing (tools/make_fashion_det.py, default sizes, ~30 s)
+#   2. warm-up: DEMO_WARMUP_ITERS (default 400) iterations of the cross-entropy twin
+#      (configs/fashion/faster_rcnn_r18_fashion_ce.py) from a random init
+#   3. train configs/fashion/faster_rcnn_r18_fashion_rambo.py through tools/train.py for
+#      DEMO_ITERS (default 400) iterations, initialised from the warm-up (its classifier layer,
+#      whose shape differs, starts fresh)
+#   4. evaluate the final RaMBO checkpoint on the test split through tools/test.py
+#   5. print COCO mAP / AP50 / AP75 and VOC mAP, and where the checkpoint and the logs are
+# About 5-10 minutes on 2 CPU cores.
+#
+# Why the warm-up: no pretrained backbone can be downloaded here, and RaMBO from a random init
+# does not learn within a CPU-sized budget (measured: 800 iterations from scratch give 0.0 mAP,
+# loss_cls stays at the random-ranking level; the cross-entropy twin reaches 8.2 mAP). From
+# features trained briefly with cross-entropy, RaMBO does learn (results/quality/warm_start/).
+# DEMO_WARMUP_ITERS=0 trains RaMBO from scratch instead.
+#
+# Environment: RAMBO_VENV (default .venv) the Python env; DEMO_ITERS / DEMO_WARMUP_ITERS
+# iterations; DEMO_WORK_DIR (default work_dirs/demo_faster_rcnn_rambo); DEMO_THREADS (default: 2
+# on an idle machine, else 1). Exits non-zero if any step fails.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+VENV="${RAMBO_VENV:-.venv}"
+PY="$VENV/bin/python"
+CONFIG=configs/fashion/faster_rcnn_r18_fashion_rambo.py
+WARM_CONFIG=configs/fashion/faster_rcnn_r18_fashion_ce.py
+ITERS="${DEMO_ITERS:-400}"
+WARM_ITERS="${DEMO_WARMUP_ITERS:-400}"
+WORK_DIR="${DEMO_WORK_DIR:-work_dirs/demo_faster_rcnn_rambo}"
+WARM_DIR="$WORK_DIR/ce_warmup"
+# Threads: 2 on an idle machine; 1 when other jobs keep the CPUs busy (measured on the shared
+# 2-core box: 0.57 s per iteration with 1 thread, 6.7 s with 2 threads fighting the other jobs).
+if [ -z "${DEMO_THREADS:-}" ]; then
+    LOAD=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo 0)
+    if awk -v l="$LOAD" 'BEGIN { exit !(l < 0.5) }'; then DEMO_THREADS=2; else DEMO_THREADS=1; fi
+fi
+THREADS="$DEMO_THREADS"
+export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" PYTHONUNBUFFERED=1
+export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
+
+say() { printf '\n=== [demo %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+fail() { printf '\n*** demo FAILED: %s\n' "$*" >&2; exit 1; }
+
+# run_logged LOG CMD...: run CMD with its full output in LOG, showing only the progress lines
+# (iterations, checkpoints, evaluation results, errors); on failure show the log's last lines.
+run_logged() {
+    local log="$1"; shift
+    mkdir -p "$(dirname "$log")"
+    set +e
+    "$@" 2>&1 | tee "$log" | grep --line-buffered -E \
+        'Iter\((train|test)\)|Saving checkpoint|bbox_mAP_copypaste|Error|error:' \
+        | sed -u -E 's/^[0-9/]+ ([0-9:]+) - mmengine - [A-Z]+ - /    \1 /; s/  +/ /g' | cut -c1-160
+    local rc=${PIPESTATUS[0]}
+    set -e
+    if [ "$rc" -ne 0 ]; then
+        echo "--- last lines of $log ---" >&2
+        tail -n 25 "$log" >&2
+    fi
+    return "$rc"
+}
+
+# schedule N: cfg-options of the config's schedule scaled to N iterations (linear warm-up, lr x0.1
+# at 75% and 90%, checkpoint at the end, no validation: the test split is evaluated at the end).
+schedule() {
+    local n="$1" warm m1 m2 logi
+    warm=$(( n / 8 < 100 ? n / 8 : 100 )); [ "$warm" -ge 1 ] || warm=1
+    m1=$(( n * 3 / 4 )); m2=$(( n * 9 / 10 ))
+    logi=$(( n / 10 < 20 ? n / 10 : 20 )); [ "$logi" -ge 1 ] || logi=1
+    echo "train_cfg.max_iters=$n param_scheduler.0.end=$warm param_scheduler.1.end=$n" \
+         "param_scheduler.1.milestones=[$m1,$m2] default_hooks.checkpoint.interval=$n" \
+         "default_hooks.logger.interval=$logi log_processor.window_size=$logi randomness.seed=0" \
+         "val_cfg=None val_dataloader=None val_evaluator=None"
+}
+
+[ -x "$PY" ] || fail "no Python env at $VENV (run 'make env' or 'bash tools/setup_env.sh')"
+case "$ITERS" in ''|*[!0-9]*) fail "DEMO_ITERS must be a positive integer, got '$ITERS'";; esac
+case "$WARM_ITERS" in ''|*[!0-9]*) fail "DEMO_WARMUP_ITERS must be an integer >= 0, got '$WARM_ITERS'";; esac
+[ "$ITERS" -gt 0 ] || fail "DEMO_ITERS must be > 0"
+
+START=$(date +%s)
+say "1/5 data: FashionDet under data/fashion_det/ (built if missing, else checked up to date)"
+"$PY" tools/make_fashion_det.py --quiet || fail "could not build data/fashion_det (tools/make_fashion_det.py)"
+
+LOAD_OPTS=()
+if [ "$WARM_ITERS" -gt 0 ]; then
+    say "2/5 warm-up: $WARM_ITERS iterations of the cross-entropy twin from a random init ($THREADS thread(s))"
+    echo "    config:      $WARM_CONFIG"
+    echo "    full output: $WARM_DIR/demo_train.log"
+    # shellcheck disable=SC2046  # word splitting of the option list is intended
+    run_logged "$WARM_DIR/demo_train.log" \
+        "$PY" tools/train.py "$WARM_CONFIG" --work-dir "$WARM_DIR" --cfg-options $(schedule "$WARM_ITERS") \
+        || fail "warm-up training failed (full output: $WARM_DIR/demo_train.log)"
+    WARM_CKPT="$WARM_DIR/iter_${WARM_ITERS}.pth"
+    [ -f "$WARM_CKPT" ] || fail "warm-up ended without the checkpoint $WARM_CKPT"
+    # lr 1e-3 (half the from-scratch rate), as the warm-start benchmark
+    LOAD_OPTS=(load_from="$WARM_CKPT" optim_wrapper.optimizer.lr=0.001)
+else
+    say "2/5 no warm-up (DEMO_WARMUP_ITERS=0): RaMBO from a random init"
+fi
+
+say "3/5 training Faster R-CNN R18-FPN + RaMBOAPLoss for $ITERS iterations on the CPU ($THREADS thread(s))"
+echo "    config:      $CONFIG"
+echo "    work dir:    $WORK_DIR"
+echo "    full output: $WORK_DIR/demo_train.log"
+# shellcheck disable=SC2046
+run_logged "$WORK_DIR/demo_train.log" \
+    "$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" --cfg-options $(schedule "$ITERS") "${LOAD_OPTS[@]}" \
+    || fail "training failed (full output: $WORK_DIR/demo_train.log)"
+CKPT="$WORK_DIR/iter_${ITERS}.pth"
+[ -f "$CKPT" ] || fail "training ended without the checkpoint $CKPT"
+
+say "4/5 evaluating $CKPT on the test split (500 images, CocoMetric + VOCMetric)"
+TEST_DIR="$WORK_DIR/test"
+echo "    full output: $WORK_DIR/demo_test.log"
+run_logged "$WORK_DIR/demo_test.log" \
+    "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$TEST_DIR" \
+    || fail "evaluation failed (full output: $WORK_DIR/demo_test.log)"
+
+say "5/5 results (RaMBO Faster R-CNN, test split)"
+"$PY" - "$WORK_DIR" "$TEST_DIR" "$CKPT" "$START" "$WARM_ITERS" "$ITERS" <<'EOF' || fail "no test metrics found under $TEST_DIR"
+import glob, json, os.path as osp, sys, time
+work_dir, test_dir, ckpt, start, warm, iters = sys.argv[1:7]
+metrics = None
+for path in sorted(glob.glob(osp.join(test_dir, '2*', '2*.json'))):
+    for line in open(path).read().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if 'coco/bbox_mAP' in row:
+                metrics = row
+if metrics is None:
+    sys.exit(1)
+logs = sorted(glob.glob(osp.join(work_dir, '2*', '2*.log')))
+print(f"  training:          {warm} cross-entropy warm-up + {iters} RaMBO iterations")
+print(f"  COCO mAP@[.5:.95]  {100 * metrics['coco/bbox_mAP']:5.1f}")
+print(f"  COCO AP50          {100 * metrics['coco/bbox_mAP_50']:5.1f}")
+print(f"  COCO AP75          {100 * metrics['coco/bbox_mAP_75']:5.1f}")
+if 'pascal_voc/mAP' in metrics:
+    print(f"  VOC mAP (IoU 0.5)  {100 * metrics['pascal_voc/mAP']:5.1f}")
+print(f"  checkpoint:        {ckpt}")
+print(f"  training log:      {logs[-1] if logs else work_dir}  (full output: {work_dir}/demo_train.log)")
+print(f"  loss scalars:      {work_dir}/<timestamp>/vis_data/scalars.json")
+print(f"  test metrics:      {sorted(glob.glob(osp.join(test_dir, '2*', '2*.json')))[-1]}")
+print(f"  total time:        {(time.time() - float(start)) / 60:.1f} min")
+EOF
+say "demo finished OK"
