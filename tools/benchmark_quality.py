@@ -259,12 +259,13 @@ def read_test_metrics(test_dir):
     return None
 
 
-def curves_from_scalars(rows):
+def curves_from_scalars(rows, val_interval=None, max_iters=None):
     """Training loss and validation metric curves from scalars.json rows.
 
     Validation rows carry ``step`` = epoch (0) unless the logger hook logs metrics by iteration
     (``log_metric_by_epoch=False``); such rows get the iteration of the training row logged
-    just before them."""
+    just before them, rounded up to the next multiple of ``val_interval`` (at most
+    ``max_iters``), where validation actually ran."""
     train, val, last_step = [], [], 0
     for r in rows:
         if 'loss' in r:
@@ -273,7 +274,11 @@ def curves_from_scalars(rows):
         elif 'coco/bbox_mAP' in r or 'pascal_voc/mAP' in r:
             point = {k: r[k] for k in ['step'] + [m for m, _ in METRICS] if k in r}
             if point.get('step', 0) < last_step:
-                point['step'] = last_step
+                step = last_step
+                if val_interval:
+                    step = -(-step // val_interval) * val_interval
+                    step = min(step, max_iters) if max_iters else step
+                point['step'] = step
             val.append(point)
     return dict(train=train, val=val)
 
@@ -299,7 +304,7 @@ def run_one(args, det, arm, seed, env, settings):
             log(f'{name}: re-using the finished run in {wd}')
             rows = read_scalars(wd)
             if rows:
-                rec['curves'] = curves_from_scalars(rows)
+                rec['curves'] = curves_from_scalars(rows, args.val_interval, args.iters)
             return rec
     if osp.isdir(wd):
         shutil.rmtree(wd)
@@ -328,7 +333,7 @@ def run_one(args, det, arm, seed, env, settings):
     times = iter_times(rows)
     rec['iter_time_median_s'] = statistics.median(times) if times else None
     rec['iter_time_mean_s'] = statistics.fmean(times) if times else None
-    rec['curves'] = curves_from_scalars(rows)
+    rec['curves'] = curves_from_scalars(rows, args.val_interval, args.iters)
 
     log(f'{name}: trained in {rec["train_wall_s"]:.0f} s (median iteration '
         f'{rec["iter_time_median_s"] or float("nan"):.3f} s); testing {osp.basename(ckpt)}')
@@ -426,10 +431,10 @@ def write_markdown(args, runs, summary, path, settings):
              f'Test split ({settings["data_root"]}), {settings.get("iters", args.iters)} training '
              f'iterations per run, '
              f'configs in `configs/fashion/`; cfg-options: '
-             f'`{" ".join(args.cfg_options) or "none"}`.'
-             + (f' **Warm start**: every run initialised from `{args.load_from}` minus its '
-                f'classification layer (fresh classifier in every arm).' if args.load_from
-                else ' From scratch (no pretrained weights).'),
+             f'`{" ".join(settings.get("cfg_options", args.cfg_options)) or "none"}`.'
+             + (f' **Warm start**: every run initialised from `{settings["load_from"]}` minus '
+                f'its classification layer (fresh classifier in every arm).'
+                if settings.get('load_from') else ' From scratch (no pretrained weights).'),
              'Metrics in points (x100): COCO mAP@[.5:.95], AP50, AP75 (CocoMetric) and VOC mAP '
              '(VOCMetric, IoU 0.5, area mode). mean ± sample std over seeds (no ± with one '
              'seed). Iteration time: median of the logged per-window means of a run (mmengine '
@@ -570,8 +575,10 @@ def main(argv=None):
                 with open(path) as f:
                     rec = json.load(f)
                 rows = read_scalars(osp.dirname(path))
+                done = rec.get('settings') or {}
                 if rows:
-                    rec['curves'] = curves_from_scalars(rows)
+                    rec['curves'] = curves_from_scalars(rows, done.get('val_interval'),
+                                                        done.get('iters'))
                 runs.append(rec)
             else:
                 log(f'no finished run {path}: left out')
