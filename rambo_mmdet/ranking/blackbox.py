@@ -144,9 +144,10 @@ class _Solver:
                                    + self.excluded_flat // groups])
         return positions
 
-    def _candidates(self, floor: Tensor) -> Tensor:
+    def _candidates(self, floor: Tensor, live_at_or_above: Optional[Tensor] = None) -> Tensor:
         positives = self.problem.positives
-        index = negative_candidates(self.live, floor, 0, positives, self.excluded_flat)
+        index = negative_candidates(self.live, floor, 0, positives, self.excluded_flat,
+                                    live_at_or_above)
         if self.problem.constant is not None:
             index = torch.cat([index, negative_candidates(self.problem.constant, floor,
                                                           self.live_size, positives)])
@@ -170,7 +171,8 @@ class _Solver:
         sorted_pos = sort_positives(self.pos_scores, positives)
         self.rank_among = 1 + positives.group_end[positives.group] - sorted_pos.at_or_below
         floor = candidate_floor(positives, self.pos_scores)
-        surviving = torch.count_nonzero(self.live >= floor)
+        live_at_or_above = self.live >= floor
+        surviving = torch.count_nonzero(live_at_or_above)
         if self.problem.constant is not None:
             surviving = surviving + torch.count_nonzero(self.problem.constant >= floor)
         self.dense = int(surviving) > DENSE_FRACTION * self.length * groups
@@ -182,7 +184,7 @@ class _Solver:
                 positives, place_dense(sorted_pos, positives, self.pos_scores, self.by_group))
             bins = self.bins = dense_bins(sorted_pos, positives, self.binned, self.not_negative)
         else:
-            self.neg_index = self._candidates(floor)
+            self.neg_index = self._candidates(floor, live_at_or_above)
             self.neg_group = self.neg_index % groups
             self.neg_scores = self._gather(self.neg_index)
             self.placement = place_sparse(sorted_pos, self.neg_scores, self.neg_group)

@@ -132,7 +132,8 @@ def candidate_floor(positives: PositiveSet, pos_floor: Tensor) -> Tensor:
 
 
 def negative_candidates(block: Tensor, floor: Tensor, offset: int, positives: PositiveSet,
-                        excluded: Optional[Tensor] = None) -> Tensor:
+                        excluded: Optional[Tensor] = None,
+                        at_or_above: Optional[Tensor] = None) -> Tensor:
     """Flat indices of the negatives of a ``[rows, G]`` score block that can matter: those
     scoring at or above the ``floor`` of their group (:func:`candidate_floor`).
 
@@ -142,11 +143,14 @@ def negative_candidates(block: Tensor, floor: Tensor, offset: int, positives: Po
         offset (int): flat index of ``block[0, 0]``.
         positives (PositiveSet): removed from the result.
         excluded (Tensor, optional): sorted flat indices that are no entries of the ranking.
+        at_or_above (Tensor, optional): ``block >= floor`` when the caller has it already.
 
     Returns:
         Tensor: ``[k]`` int64 flat indices, ascending.
     """
-    index = (block >= floor).view(-1).nonzero().squeeze(1)
+    if at_or_above is None:
+        at_or_above = block >= floor
+    index = at_or_above.view(-1).nonzero().squeeze(1)
     if offset:
         index += offset
     keep = ~contains(positives.flat_index, index)
