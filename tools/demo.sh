@@ -20,8 +20,8 @@
 # DEMO_WARMUP_ITERS=0 trains RaMBO from scratch instead.
 #
 # Environment: RAMBO_VENV (default .venv) the Python env; DEMO_ITERS / DEMO_WARMUP_ITERS
-# iterations; DEMO_WORK_DIR (default work_dirs/demo_faster_rcnn_rambo); DEMO_THREADS (default: 2
-# on an idle machine, else 1). Exits non-zero if any step fails.
+# iterations; DEMO_WORK_DIR (default work_dirs/demo_faster_rcnn_rambo); DEMO_THREADS (default 1).
+# Exits non-zero if any step fails.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,13 +33,10 @@ ITERS="${DEMO_ITERS:-400}"
 WARM_ITERS="${DEMO_WARMUP_ITERS:-400}"
 WORK_DIR="${DEMO_WORK_DIR:-work_dirs/demo_faster_rcnn_rambo}"
 WARM_DIR="$WORK_DIR/ce_warmup"
-# Threads: 2 on an idle machine; 1 when other jobs keep the CPUs busy (measured on the shared
-# 2-core box: 0.57 s per iteration with 1 thread, 6.7 s with 2 threads fighting the other jobs).
-if [ -z "${DEMO_THREADS:-}" ]; then
-    LOAD=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo 0)
-    if awk -v l="$LOAD" 'BEGIN { exit !(l < 0.5) }'; then DEMO_THREADS=2; else DEMO_THREADS=1; fi
-fi
-THREADS="$DEMO_THREADS"
+# Threads: 1 by default. Measured on the 2-core box: 0.30 s per iteration with 2 threads when
+# idle, but 2-7 s when other jobs start using the cores (threads wait for each other), against
+# ~0.4-0.6 s with 1 thread. DEMO_THREADS=2 on a machine you have to yourself.
+THREADS="${DEMO_THREADS:-1}"
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" PYTHONUNBUFFERED=1
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
 
@@ -54,7 +51,7 @@ run_logged() {
     set +e
     "$@" 2>&1 | tee "$log" | grep --line-buffered -E \
         'Iter\((train|test)\)|Saving checkpoint|bbox_mAP_copypaste|Error|error:' \
-        | sed -u -E 's/^[0-9/]+ ([0-9:]+) - mmengine - [A-Z]+ - /    \1 /; s/  +/ /g' | cut -c1-160
+        | sed -u -E 's/^[0-9/]+ ([0-9:]+) - mmengine - [A-Z]+ - /    \1 /; s/  +/ /g; s/^(.{160}).*/\1/'
     local rc=${PIPESTATUS[0]}
     set -e
     if [ "$rc" -ne 0 ]; then
