@@ -99,11 +99,10 @@ class ScoreMemory(nn.Module):
             tuple: ``[N + m, C]`` float32 scores and the targets of the ``N + m`` rows.
         """
         scores = scores.float()
-        if not self._batches or self._batches[0][0].shape[1] != scores.shape[1]:
+        stored = self.contents(scores)
+        if stored is None:
             return scores, targets
-        device = scores.device
-        return (torch.cat([scores, *(s.to(device) for s, _ in self._batches)]),
-                torch.cat([targets, *(t.to(device) for _, t in self._batches)]))
+        return torch.cat([scores, stored[0]]), torch.cat([targets, stored[1]])
 
     def _apply(self, fn, recurse=True):
         """Move the stored rows with ``.to()`` / ``.cuda()`` / ``.cpu()`` (they stay float32)."""
