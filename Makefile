@@ -4,6 +4,9 @@
 #   make demo               build the env if needed, then run the demo (tools/demo.sh)
 #   make test               build the env if needed, then: $(VENV)/bin/python -m pytest -q tests
 #   make env                build / refresh the env only (idempotent: seconds when up to date)
+#   make pretrained         classification-pretrain the FashionDet backbone
+#                           (tools/pretrain_backbone.py -> data/pretrained/resnet18_half_fashion.pth;
+#                           ~6.5 min once, seconds when up to date)
 #   make benchmark-loss     $(VENV)/bin/python tools/benchmark_loss.py
 #   make benchmark-quality  $(VENV)/bin/python tools/benchmark_quality.py
 #   make clean-env          delete the env
@@ -14,7 +17,7 @@
 VENV := $(if $(RAMBO_VENV),$(RAMBO_VENV),.venv)
 PYTHON := $(VENV)/bin/python
 
-.PHONY: env test demo benchmark-loss benchmark-quality clean-env
+.PHONY: env test demo pretrained benchmark-loss benchmark-quality clean-env
 
 env:
 	bash tools/setup_env.sh
@@ -28,6 +31,9 @@ demo: env
 	else \
 		echo "make demo: the demo is not yet available (tools/demo.sh does not exist yet)"; \
 	fi
+
+pretrained: env
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) tools/pretrain_backbone.py
 
 benchmark-loss:
 	$(PYTHON) tools/benchmark_loss.py

@@ -187,7 +187,9 @@ def check_pretrained_weights(cfg) -> None:
                 problems.append(f'{key}={checkpoint!r} needs the torchvision package (and '
                                 'network access to download the weights once)')
         elif '://' not in checkpoint and not osp.isfile(checkpoint):
-            problems.append(f'{key}={checkpoint!r}: file not found')
+            hint = (' (build it with `make pretrained`, i.e. python tools/pretrain_backbone.py)'
+                    if osp.basename(checkpoint) == 'resnet18_half_fashion.pth' else '')
+            problems.append(f'{key}={checkpoint!r}: file not found{hint}')
     if problems:
         key = problems[0].split('=')[0]
         raise FileNotFoundError(

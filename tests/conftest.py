@@ -42,3 +42,21 @@ def run_python(tmp_path):
         return proc
 
     return run
+
+
+@pytest.fixture
+def solver_paths(monkeypatch):
+    """Record the strategy each ranking problem ran: a list of ``_Solver.dense`` flags (True:
+    dense, False: sparse), one per problem solved, in order."""
+    from rambo_mmdet.ranking import blackbox
+
+    paths = []
+    original = blackbox._Solver.forward
+
+    def forward(self):
+        result = original(self)
+        paths.append(bool(self.dense))
+        return result
+
+    monkeypatch.setattr(blackbox._Solver, 'forward', forward)
+    return paths

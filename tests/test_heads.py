@@ -114,22 +114,25 @@ def rpn_cfg(**overrides):
     return cfg
 
 
-def make_batch(strides, num_imgs=2, channels=8, class_agnostic=False, seed=0):
-    """Features per level ``[B, channels, S/s, S/s]``, gt instances and metas of ``B`` images."""
+def make_batch(strides, num_imgs=2, channels=8, class_agnostic=False, seed=0,
+               img_shape=(IMG_SIZE, IMG_SIZE)):
+    """Features per level ``[B, channels, H/s, W/s]``, gt instances and metas of ``B`` images
+    of ``img_shape`` ``(H, W)``."""
+    height, width = img_shape
     gen = torch.Generator().manual_seed(seed)
-    feats = [torch.randn(num_imgs, channels, max(IMG_SIZE // s, 1), max(IMG_SIZE // s, 1),
+    feats = [torch.randn(num_imgs, channels, max(height // s, 1), max(width // s, 1),
                          generator=gen) for s in strides]
+    size = torch.tensor([float(width), float(height)])  # (x, y)
     gts, metas = [], []
     for i in range(num_imgs):
         num = 2 + i
-        xy = torch.rand(num, 2, generator=gen) * IMG_SIZE * 0.5
-        wh = 8 + torch.rand(num, 2, generator=gen) * IMG_SIZE * 0.45
+        xy = torch.rand(num, 2, generator=gen) * size * 0.5
+        wh = 8 + torch.rand(num, 2, generator=gen) * size * 0.45
         labels = torch.zeros(num, dtype=torch.long) if class_agnostic else \
             torch.randint(0, NUM_CLASSES, (num,), generator=gen)
-        gts.append(InstanceData(bboxes=torch.cat([xy, (xy + wh).clamp(max=IMG_SIZE)], 1),
+        gts.append(InstanceData(bboxes=torch.cat([xy, torch.minimum(xy + wh, size)], 1),
                                 labels=labels))
-        metas.append(dict(img_shape=(IMG_SIZE, IMG_SIZE), pad_shape=(IMG_SIZE, IMG_SIZE),
-                          scale_factor=(1.0, 1.0)))
+        metas.append(dict(img_shape=img_shape, pad_shape=img_shape, scale_factor=(1.0, 1.0)))
     return feats, gts, metas
 
 
@@ -143,6 +146,14 @@ def build_pair(stock_type, ours_type, cfg):
 
 def total(value):
     return sum(value) if isinstance(value, (list, tuple)) else value
+
+
+def assert_classifier_trained(layer):
+    """The classification loss reaches ``layer``: a finite, non-zero weight gradient (a loss
+    detached or multiplied by 0 on the way gives none or zeros)."""
+    grad = layer.weight.grad
+    assert grad is not None and torch.isfinite(grad).all()
+    assert grad.abs().sum() > 0
 
 
 def test_heads_are_registered_mixins():
@@ -220,21 +231,40 @@ def test_one_cls_loss_call_for_all_levels_and_images(head_type):
     else:  # stock head: allowed, but each level is ranked on its own
         assert len(calls) == len(STRIDES)
         assert find_per_level_ranking_heads(head) == ['RetinaHead']
-    assert head.retina_cls.weight.grad is not None
+    assert_classifier_trained(head.retina_cls)
 
 
 def test_concatenation_order_matches_targets():
-    """Row r of the flattened scores is the anchor whose target is labels[r]."""
-    head = MODELS.build(dict(type='RaMBORetinaHead', **retina_cfg()))
-    feats, gts, metas = make_batch(STRIDES)
+    """Row r of the flattened scores is the anchor whose target is labels[r], for every row, on
+    non-square feature maps (so that a swapped H/W changes the order)."""
+    stock, head = build_pair('RetinaHead', 'RaMBORetinaHead', retina_cfg())
+    num_imgs = 2
+    feats, gts, metas = make_batch(STRIDES, num_imgs=num_imgs, img_shape=(64, 96))
+    assert all(f.shape[-2] != f.shape[-1] for f in feats[:3])
     cls_scores, bbox_preds = head(feats)
     calls = _spy_calls(head.loss_cls)
     head.loss_by_feat(cls_scores, bbox_preds, gts, metas)
-    cls_score, labels, _ = calls[0]
-    # image 1, last level, first location, first anchor: row = n + (n - n_last)
-    sizes = [f.shape[-2] * f.shape[-1] * head.num_base_priors for f in feats]
-    row = sum(sizes) + sum(sizes[:-1])
-    torch.testing.assert_close(cls_score[row], cls_scores[-1][1, :NUM_CLASSES, 0, 0])
+    (cls_score, labels, label_weights), = calls
+    # the scores, row by row: image, then level, then location (y, then x), then anchor
+    num_anchors, c = head.num_base_priors, NUM_CLASSES
+    expected = [level[b, a * c:(a + 1) * c, y, x] for b in range(num_imgs) for level in cls_scores
+                for y in range(level.shape[2]) for x in range(level.shape[3])
+                for a in range(num_anchors)]
+    assert torch.equal(cls_score, torch.stack(expected))
+    # the targets: the stock head's per-level calls pair the same scores with the same labels
+    stock_calls = _spy_calls(stock.loss_cls)
+    stock.loss_by_feat(*stock(feats), gts, metas)
+    assert len(stock_calls) == len(feats)
+    sizes = [f.shape[-2] * f.shape[-1] * num_anchors for f in feats]
+    for level, (level_score, level_labels, level_weights) in enumerate(stock_calls):
+        for b in range(num_imgs):
+            start = b * sum(sizes) + sum(sizes[:level])
+            ours = slice(start, start + sizes[level])
+            theirs = slice(b * sizes[level], (b + 1) * sizes[level])
+            assert torch.equal(cls_score[ours], level_score[theirs])
+            assert torch.equal(labels[ours], level_labels[theirs])
+            assert torch.equal(label_weights[ours], level_weights[theirs])
+    assert (labels < NUM_CLASSES).sum() > 1  # positives on some levels of both images
 
 
 @pytest.mark.parametrize('loss_kwargs', [dict(use_sigmoid=False), dict()],
@@ -256,7 +286,7 @@ def test_rpn_with_ranking_loss_runs():
     assert len(calls) == 1 and calls[0][0].shape[1] == 1
     assert int((calls[0][2] > 0).sum()) <= 2 * 64  # only the sampled anchors are ranked
     (losses['loss_rpn_cls'] + losses['loss_rpn_bbox']).backward()
-    assert head.rpn_cls.weight.grad is not None
+    assert_classifier_trained(head.rpn_cls)
 
 
 def test_fcos_head_with_ranking_loss_unchanged():
@@ -270,21 +300,25 @@ def test_fcos_head_with_ranking_loss_unchanged():
     assert len(calls) == 1
     assert calls[0][0].shape == (2 * sum(f.shape[-2] * f.shape[-1] for f in feats), NUM_CLASSES)
     sum(v for k, v in losses.items() if 'loss' in k).backward()
-    assert head.conv_cls.weight.grad is not None
-    assert torch.isfinite(head.conv_cls.weight.grad).all()
+    assert_classifier_trained(head.conv_cls)
 
 
 def test_retina_predict_unchanged():
-    stock, ours = build_pair('RetinaHead', 'RaMBORetinaHead',
-                             retina_cfg(loss_cls=ranking_loss_cfg(use_sigmoid=True)))
+    """Trained with the ranking loss, the head predicts exactly as the stock RetinaHead (focal
+    loss, sigmoid scores) with the same weights."""
+    stock = MODELS.build(dict(type='RetinaHead', **retina_cfg()))
+    ours = MODELS.build(dict(type='RaMBORetinaHead',
+                             **retina_cfg(loss_cls=ranking_loss_cfg(use_sigmoid=True))))
+    ours.load_state_dict(stock.state_dict())
     feats, _, metas = make_batch(STRIDES)
-    for meta in metas:
-        meta['scale_factor'] = (1.0, 1.0)
     expected = stock.predict_by_feat(*stock(feats), batch_img_metas=metas, rescale=False)
     got = ours.predict_by_feat(*ours(feats), batch_img_metas=metas, rescale=False)
+    assert len(got) == len(expected) == len(metas)
     for exp, res in zip(expected, got):
-        assert res.bboxes.shape[1] == 4 and res.scores.shape == res.labels.shape
-        torch.testing.assert_close(res.scores, exp.scores)
+        assert res.bboxes.shape[1] == 4 and len(res.scores) > 0
+        assert torch.equal(res.scores, exp.scores)
+        assert torch.equal(res.labels, exp.labels)
+        assert torch.equal(res.bboxes, exp.bboxes)
 
 
 def test_tools_check_of_stock_heads_with_ranking_loss():

@@ -11,6 +11,8 @@ import rambo_mmdet  # noqa: F401  (registers the losses)
 
 
 def build(**kwargs):
+    """RaMBOAPLoss in the paper's mode (the oracle implements the paper's loss and gradient)."""
+    kwargs.setdefault('mode', 'paper')
     return MODELS.build(dict(type='RaMBOAPLoss', **kwargs))
 
 

@@ -1,7 +1,7 @@
 """The pure-torch ranking core against independent oracles (loops, argsort, sklearn)."""
 import pytest
 import torch
-from ranking_oracle import loop_ranks, oracle_map_loss, oracle_recall_loss
+from ranking_oracle import LoopBlackboxRanks, loop_ranks, oracle_map_loss, oracle_recall_loss
 from sklearn.metrics import average_precision_score
 
 import rambo_mmdet.ranking.blackbox as blackbox
@@ -10,14 +10,22 @@ from rambo_mmdet.ranking import (ArgsortBlackboxRanks, PositiveSet, ScoreMemory,
                                  recall_loss)
 from rambo_mmdet.ranking.counting import float_order_keys
 
-STRATEGIES = {'sparse': 2.0, 'dense': 0.0, 'auto': blackbox.DENSE_FRACTION}
+# sparse: never dense (the count of entries at or above the floor includes excluded entries,
+# so it can exceed the ranking's length: any finite fraction could pick dense); dense: always
+STRATEGIES = {'sparse': float('inf'), 'dense': 0.0, 'auto': blackbox.DENSE_FRACTION}
 
 
 @pytest.fixture(params=sorted(STRATEGIES))
-def strategy(request, monkeypatch):
-    """Run a test with the sparse path forced, the dense path forced, and the automatic choice."""
+def strategy(request, monkeypatch, solver_paths):
+    """Run a test with the sparse path forced, the dense path forced, and the automatic choice;
+    afterwards, check that some ranking problem ran and that every one ran the forced path."""
     monkeypatch.setattr(blackbox, 'DENSE_FRACTION', STRATEGIES[request.param])
-    return request.param
+    yield request.param
+    assert solver_paths, 'no ranking problem was solved: the strategy was not exercised'
+    if request.param != 'auto':
+        forced = request.param == 'dense'
+        assert all(dense == forced for dense in solver_paths), \
+            f'{request.param} forced, but the solvers ran dense={solver_paths}'
 
 
 def random_problem(seed, ties=False, max_n=30, max_groups=5, pos_rate=0.3):
@@ -28,6 +36,8 @@ def random_problem(seed, ties=False, max_n=30, max_groups=5, pos_rate=0.3):
     if ties:  # many exact ties, between positives and negatives too
         scores = (scores * 2).round() / 2
     positive = torch.rand(n, groups, generator=gen) < pos_rate
+    if not positive.any():  # something to rank, so that the forced strategy runs
+        positive[0, 0] = True
     return scores, positive
 
 
@@ -111,6 +121,70 @@ def test_tie_between_positive_and_negative_never_flatters_the_positive(strategy)
     assert (rank * 3).round().tolist() == [1.0, 1.0]
 
 
+def test_dense_backward_positive_perturbed_exactly_onto_a_negative(strategy):
+    """A positive whose perturbed score ``y + λ·g`` equals a negative's score exactly (float32)
+    now ranks below it (ties never flatter a positive): the negative changes placement. The
+    dense backward must find it among the crossed entries (``>= lower``, not ``> lower``)."""
+    scores = torch.tensor([[1.0, 0.25], [0.5, 2.0], [0.25, 0.5], [-1.0, -0.5], [0.75, 1.5],
+                           [-2.0, 0.0]])
+    positive = torch.tensor([[True, False], [False, True], [False, True], [True, False],
+                             [False, False], [True, False]])
+    positives = PositiveSet.from_mask(positive)
+    lambda_val = 0.5
+    # upstream gradient per positive, in flat order: (0,0) (1,1) (2,1) (3,0) (5,0)
+    upstream = torch.tensor([-1.0, -1.0, 1.5, 0.5, 4.5])
+    perturbed = scores.reshape(-1)[positives.flat_index] + lambda_val * upstream
+    assert perturbed[0] == scores[1, 0]  # down from 1.0 onto the negative at 0.5 (past 0.75)
+    assert perturbed[1] == scores[4, 1]  # down from 2.0 onto the negative at 1.5
+    assert perturbed[4] == scores[2, 0]  # up from -2.0 onto the negative at 0.25: no crossing
+    x = scores.clone().requires_grad_()
+    rank, _ = rank_positives(x, positives, lambda_val)
+    (rank * upstream).sum().backward()
+    y = scores.clone().requires_grad_()
+    ranks = LoopBlackboxRanks.apply(y, positive, lambda_val)
+    (ranks.reshape(-1)[positives.flat_index] * upstream).sum().backward()
+    n = scores.shape[0]
+    assert torch.equal(rank_units(x.grad, n, lambda_val), rank_units(y.grad, n, lambda_val))
+
+
+def test_automatic_choice_sparse_for_separated_scores_dense_near_init(solver_paths):
+    """Trained-like scores (positives well above the negatives) take the sparse path; logits near
+    their initial prior (almost every entry above the lowest positive) take the dense path."""
+    gen = torch.Generator().manual_seed(0)
+    n, num_classes = 3000, 5
+    labels = torch.randint(0, num_classes, (n, ), generator=gen)
+    labels[torch.rand(n, generator=gen) > 0.05] = num_classes  # 5 % foreground
+    positive = labels[:, None] == torch.arange(num_classes)
+    noise = torch.randn(n, num_classes, generator=gen)
+    separated = torch.where(positive, 3.0 + 0.1 * noise, -3.0 + noise)
+    near_init = -4.6 + 0.01 * noise  # sigmoid(-4.6) ~ 0.01: RetinaNet's prior
+    for scores, dense in ((separated, False), (near_init, True)):
+        solver_paths.clear()
+        mean_ap_loss(scores, positive, 0.5, 0.15)
+        assert solver_paths == [dense]
+        solver_paths.clear()
+        detection_ap_loss(scores, labels)  # per-class and interclass rankings
+        assert solver_paths == [dense, dense]
+
+
+@pytest.mark.parametrize('extra', [0, 1])
+def test_automatic_choice_threshold(extra, solver_paths):
+    """Dense exactly when more than DENSE_FRACTION of the ``n * G`` entries score at or above the
+    lowest positive of their group (entries tied with it included)."""
+    n, groups = 400, 2
+    limit = blackbox.DENSE_FRACTION * n * groups
+    assert limit == int(limit) and limit > 10
+    scores = torch.full((n, groups), -1.0)
+    positive = torch.zeros(n, groups, dtype=torch.bool)
+    positive[:2] = True
+    scores[0], scores[1] = 0.0, 1.0  # the lowest positive of each group scores 0
+    surviving = int(limit) + extra - 4  # negatives at or above it: half tied with it
+    negatives = scores[2:].view(-1)  # row-major over both groups
+    negatives[:surviving] = torch.tensor([0.0, 0.5]).repeat(surviving)[:surviving]
+    rank_positives(scores, PositiveSet.from_mask(positive), 0.5)
+    assert solver_paths == [bool(extra)]
+
+
 def test_negative_zero_equals_positive_zero():
     keys = float_order_keys(torch.tensor([-0.0, 0.0, -1e-30, 1e-30, -float('inf'), 3.0]))
     assert keys[0] == keys[1]
@@ -149,7 +223,7 @@ def test_step_along_negative_gradient_lowers_the_loss(seed):
     assert up > loss
 
 
-def test_no_positives_gives_zero_loss_zero_grad_graph_intact(strategy):
+def test_no_positives_gives_zero_loss_zero_grad_graph_intact(solver_paths):
     x = torch.randn(50, 3, requires_grad=True)
     none = torch.zeros(50, 3, dtype=torch.bool)
     for loss in (mean_ap_loss(x, none), recall_loss(x, none)):
@@ -157,6 +231,7 @@ def test_no_positives_gives_zero_loss_zero_grad_graph_intact(strategy):
         x.grad = None
         loss.backward()
         assert torch.equal(x.grad, torch.zeros_like(x))
+    assert solver_paths == []  # nothing to rank: no solver runs (so no strategy to force)
 
 
 def test_empty_input_and_single_class():
@@ -223,6 +298,31 @@ class TestScoreMemory:
         assert stacked[1:, 0].tolist() == [2.0] * 5 + [3.0] * 5 + [4.0] * 5
         # positive rows are always kept when a batch is cut to max_rows
         assert (labels[1:] < 2).sum() == 3 * 2
+
+    @pytest.mark.parametrize('targets', ['labels', 'mask'])
+    def test_cut_keeps_positive_rows_then_the_highest_negatives(self, targets):
+        """Rows with distinct maxima: the negatives kept are those with the highest max score
+        (the only ones that can rank above positives), after every positive row."""
+        gen = torch.Generator().manual_seed(0)
+        num_rows, num_classes, max_rows = 12, 3, 5
+        row_max = torch.randperm(num_rows, generator=gen).float()
+        offsets = -torch.rand(num_rows, num_classes, generator=gen) - 0.1
+        offsets[torch.arange(num_rows), torch.randint(0, num_classes, (num_rows, ),
+                                                      generator=gen)] = 0.0
+        scores = row_max[:, None] + offsets  # row r's maximum is row_max[r]
+        labels = torch.full((num_rows, ), num_classes)
+        positive_rows = row_max.argsort()[:2]  # the two lowest-scoring rows are positives
+        labels[positive_rows] = torch.tensor([0, 2])
+        negative_rows = (labels == num_classes).nonzero().squeeze(1)
+        highest = negative_rows[row_max[negative_rows].argsort(descending=True)[:3]]
+        expected = torch.cat([positive_rows, highest]).sort().values
+        memory = ScoreMemory(num_batches=1, max_rows=max_rows)
+        stored_targets = labels if targets == 'labels' else \
+            labels[:, None] == torch.arange(num_classes)
+        memory.push(scores, stored_targets)
+        kept_scores, kept_targets = memory.contents(scores)
+        assert torch.equal(kept_scores, scores[expected])
+        assert torch.equal(kept_targets, stored_targets[expected])
 
     def test_keeps_no_graph_alive(self):
         memory = ScoreMemory(num_batches=2)
@@ -297,6 +397,10 @@ def test_detection_loss_with_exclusions_and_memory_matches_oracle(seed, strategy
                   torch.randint(0, num_classes + 1, (6, ), generator=gen))
     lambda_val, margin = [0.5, 4.0, 0.1][seed % 3], [0.15, 0.0][seed % 2]
     beta = [1 / 3, 0.0, 1.0, 0.5][seed % 4]
+    ranked_memory = memory is not None and beta < 1 and bool((memory[1] < num_classes).any())
+    if not ((labels < num_classes) & valid).any() and not ranked_memory:
+        # nothing to rank (tested in test_no_positives_...): give the forced strategy some work
+        labels[0], valid[0] = 0, True
 
     x = scores.clone().requires_grad_()
     excluded = (~valid).nonzero().squeeze(1)

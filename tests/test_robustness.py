@@ -276,16 +276,30 @@ def test_process_memory_does_not_grow(two_runs):
 
 
 def test_deterministic_algorithms_mode_is_accepted():
-    """mmengine's ``randomness=dict(deterministic=True)`` turns this on; nothing may raise."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        for _ in range(2):
-            scores, labels = random_batch(5, rows=100)
+    """mmengine's ``randomness=dict(deterministic=True)`` turns this on: nothing may raise, and
+    losses and gradients equal those computed without it (two steps: the memory too)."""
+
+    def two_steps():
+        loss_fn, out = build_loss(), []
+        for step in range(2):
+            scores, labels = random_batch(5 + step, rows=100)
             x = scores.requires_grad_()
-            build_loss()(x, labels).backward()
+            loss = loss_fn(x, labels)
+            loss.backward()
+            out.append((loss.detach(), x.grad))
+        return out
+
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        reference = two_steps()
+        torch.use_deterministic_algorithms(True)
+        deterministic = two_steps()
     finally:
         torch.use_deterministic_algorithms(previous)
+    for (loss, grad), (ref_loss, ref_grad) in zip(deterministic, reference):
+        assert torch.equal(loss, ref_loss) and torch.equal(grad, ref_grad)
+        assert grad.abs().sum() > 0
 
 
 # ------------------------------------------------------------------------ bad input, naming

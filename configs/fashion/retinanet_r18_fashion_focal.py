@@ -1,11 +1,13 @@
-# RetinaNet R18-FPN on FashionDet (256x256, 10 classes), trained from scratch on CPU, with the
-# stock RetinaHead + FocalLoss: the baseline twin of retinanet_r18_fashion_rambo.py (which differs
-# ONLY in the head type, RaMBORetinaHead = RetinaHead whose loss_cls sees all FPN levels in one
-# call, and in loss_cls).
+# RetinaNet R18-FPN on FashionDet (256x256, 10 classes), trained on CPU from a
+# classification-pretrained backbone with fresh heads (the paper's regime), with the stock
+# RetinaHead + FocalLoss: the baseline twin of retinanet_r18_fashion_rambo.py (which differs ONLY
+# in the head type, RaMBORetinaHead = RetinaHead whose loss_cls sees all FPN levels in one call,
+# and in loss_cls).
 #
 # Changes from mmdet's RetinaNet R50-FPN model, identical in both twins:
-# - ResNet-18 from scratch: init_cfg=None, all stages trained, BatchNorm in train mode
-#   (norm_eval=False).
+# - ResNet-18 initialised from data/pretrained/resnet18_half_fashion.pth (`make pretrained`, see
+#   faster_rcnn_r18_fashion_ce.py), all stages trained, BatchNorm in train mode
+#   (norm_eval=False). Train from scratch with --cfg-options model.backbone.init_cfg=None.
 # - CPU budget (see faster_rcnn_r18_fashion_ce.py): ResNet-18 at half width (base_channels=32),
 #   FPN and head with 64 channels (4 stacked convs, as stock).
 # - Anchors octave_base_scale 2 instead of 4 (16..~400 px over strides 8..128): the garments are
@@ -20,7 +22,10 @@ _base_ = ['mmdet::_base_/models/retinanet_r50_fpn.py', './_fashion_runtime.py']
 
 model = dict(
     backbone=dict(depth=18, base_channels=32, stem_channels=32, frozen_stages=-1,
-                  norm_eval=False, init_cfg=None),
+                  norm_eval=False,
+                  # classification-pretrained on Fashion-MNIST garments (make pretrained)
+                  init_cfg=dict(type='Pretrained',
+                                checkpoint='data/pretrained/resnet18_half_fashion.pth')),
     neck=dict(in_channels=[32, 64, 128, 256], out_channels=64),
     bbox_head=dict(num_classes=10, in_channels=64, feat_channels=64,
                    anchor_generator=dict(octave_base_scale=2)),

@@ -53,11 +53,24 @@ class RankingProblem(NamedTuple):
         excluded_rows (Tensor, optional): ascending live row indices left out of every ranking
             (ignored samples): neither positives nor negatives, zero gradient.
         constant (Tensor, optional): ``[m, G]`` float32 rows ranked with the live ones.
+        balanced_weight (float, optional): ``None`` (default): the paper's blackbox gradient,
+            ``-(rk(y) - rk(y')) / (λ n)``. A weight ``w``: the *balanced* gradient: the same
+            entries move in the same direction (each group's paper gradient times one positive
+            factor), but each group's gradient is rescaled so that its positives receive in
+            total ``w · (1 - AP_g) / K`` (``K``: groups with positives), and so its negatives
+            the same amount (ranks are conserved): the group's share of the loss
+            ``w · mean_g (1 - AP_g)``. This is the balance of Rank & Sort and aLRP (positives'
+            and negatives' gradients each sum to the loss); it makes the gradient's size
+            independent of the ranking length, of the score spread and of λ. The upstream
+            gradient still sets the perturbation; its size no longer scales the result (a
+            :class:`GradScale` factor still does). A group whose perturbation crosses no entry
+            gets no gradient, in both modes.
     """
     num_groups: int
     positives: PositiveSet
     excluded_rows: Optional[Tensor] = None
     constant: Optional[Tensor] = None
+    balanced_weight: Optional[float] = None
 
 
 class GradScale:
@@ -200,10 +213,6 @@ class _Solver:
         perturbed = self.pos_scores + lambda_val * grad_rank.to(self.pos_scores.dtype)
         sorted_after = sort_positives(perturbed, positives)
         rank_after = 1 + positives.group_end[positives.group] - sorted_after.at_or_below
-        scale = 1.0 / (lambda_val * self.length)  # -(rk(y) - rk(y')) / λ on the scale rk / n
-        if factor is not None:
-            scale = factor.to(grad.dtype) * scale
-        is_live = positives.flat_index < self.live_size
 
         if self.dense:
             # Only entries that some positive crossed change placement: find them with one gather
@@ -227,8 +236,8 @@ class _Solver:
             rank_after += negatives_above(sorted_after, positives, bins)
             row = index % columns
             live = row < self.live_rows
-            grad.index_add_(0, (row * groups + group)[live],
-                            (before - after)[live].to(grad.dtype) * scale)
+            neg_index, neg_group, neg_delta = (row * groups + group)[live], group[live], \
+                (before - after)[live]
         else:
             neg_index, neg_group, placement = self.neg_index, self.neg_group, self.placement
             if not bool((perturbed >= self.pos_scores).all()):
@@ -244,10 +253,37 @@ class _Solver:
             rank_after += negatives_above(sorted_after, positives, sparse_bins(
                 sorted_after, positives, placement_after, neg_group))
             live_neg = neg_index < self.live_size
-            grad.index_add_(0, neg_index[live_neg],
-                            (placement - placement_after)[live_neg].to(grad.dtype) * scale)
+            neg_index, neg_group, neg_delta = neg_index[live_neg], neg_group[live_neg], \
+                (placement - placement_after)[live_neg]
+
+        scale = self._grad_scale(rank_after, lambda_val, grad.dtype)
+        if factor is not None:
+            scale = factor.to(grad.dtype) * scale
+        is_live = positives.flat_index < self.live_size
+        pos_scale, neg_scale = (scale, scale) if scale.dim() == 0 else \
+            (scale[positives.group[is_live]], scale[neg_group])
+        grad.index_add_(0, neg_index, neg_delta.to(grad.dtype) * neg_scale)
         grad.index_add_(0, positives.flat_index[is_live],
-                        (rank_after - self.rank)[is_live].to(grad.dtype) * scale)
+                        (rank_after - self.rank)[is_live].to(grad.dtype) * pos_scale)
+
+    def _grad_scale(self, rank_after: Tensor, lambda_val: float, dtype: torch.dtype) -> Tensor:
+        """Gradient per unit of rank change: the paper's ``1 / (λ n)`` (``-(rk(y) - rk(y')) /
+        λ`` on the scale ``rk / n``), or ``[G]`` balanced factors (see :class:`RankingProblem`)."""
+        weight = self.problem.balanced_weight
+        if weight is None:
+            return torch.tensor(1.0 / (lambda_val * self.length), dtype=dtype,
+                                device=rank_after.device)
+        positives, groups = self.problem.positives, self.problem.num_groups
+        count = positives.group_end - positives.group_start
+        precision = self.rank_among.to(dtype) / self.rank.to(dtype)
+        loss = 1.0 - torch.zeros(groups, dtype=dtype, device=rank_after.device).index_add_(
+            0, positives.group, precision) / count.clamp(min=1).to(dtype)
+        target = (weight / (count > 0).sum().clamp(min=1).to(dtype)) * loss
+        # rank gained by the group's positives = positive-negative crossings (positive-positive
+        # swaps cancel in the sum)
+        gained = torch.zeros(groups, dtype=dtype, device=rank_after.device).index_add_(
+            0, positives.group, (self.rank - rank_after).to(dtype))
+        return torch.where(gained > 0, target / gained.clamp(min=1), torch.zeros_like(gained))
 
 
 class BlackboxPositiveRanks(torch.autograd.Function):
@@ -268,6 +304,13 @@ class BlackboxPositiveRanks(torch.autograd.Function):
     @staticmethod
     def forward(ctx, live: Tensor, problems: Sequence[RankingProblem], lambda_val: float,
                 margin: float, grad_scale: Optional[GradScale] = None) -> Tuple[Tensor, ...]:
+        # The problems address entries by row-major flat index and the solvers view and filter
+        # the scores flat: any other layout (transposed, sliced, expanded) is ranked as a
+        # contiguous copy, bit-identically; contiguous scores (the usual case) are not copied.
+        # The gradient is returned contiguous, in ``live``'s shape.
+        live = live.contiguous()
+        problems = [p if p.constant is None else p._replace(constant=p.constant.contiguous())
+                    for p in problems]
         ctx.solvers = [_Solver(problem, live, margin) for problem in problems]
         ctx.lambda_val, ctx.shape, ctx.grad_scale = lambda_val, live.shape, grad_scale
         outputs, constants = [], []

@@ -146,7 +146,8 @@ def detection_ap_loss(scores: Tensor,
                       lambda_val: float = 0.5,
                       margin: float = 0.15,
                       interclass_weight: float = 1.0 / 3.0,
-                      grad_scale: Optional[GradScale] = None) -> Tensor:
+                      grad_scale: Optional[GradScale] = None,
+                      balanced_gain: Optional[float] = None) -> Tensor:
     """RaMBO's detection loss ``(1 - β) L_mAP + β L_APC`` on a ``[N, C]`` score matrix.
 
     ``L_mAP``: mean of ``1 - AP_c`` over the classes with positives, each class ranking the
@@ -163,6 +164,12 @@ def detection_ap_loss(scores: Tensor,
             in ``L_mAP`` only; no gradient.
         lambda_val (float): λ. margin (float): α. interclass_weight (float): β in ``[0, 1]``.
         grad_scale (GradScale, optional): see :class:`~rambo_mmdet.ranking.blackbox.GradScale`.
+        balanced_gain (float, optional): ``None`` (default): the paper's blackbox gradient. A
+            gain ``g``: the balanced gradient (see
+            :class:`~rambo_mmdet.ranking.blackbox.RankingProblem`): the positives of each class
+            of ``L_mAP`` receive in total ``g (1 - β)(1 - AP_c) / K`` and those of ``L_APC``
+            ``g β (1 - AP)`` (the negatives as much), whatever the ranking length and score
+            spread; the same direction as the paper's gradient within each ranking.
 
     Returns:
         Tensor: float32 scalar; a term without positives contributes 0 (with a zero gradient).
@@ -187,7 +194,9 @@ def detection_ap_loss(scores: Tensor,
                                     + memory_labels[memory_rows]])
         problems.append(RankingProblem(num_classes,
                                        PositiveSet.from_flat_index(flat_index, num_classes),
-                                       excluded_rows, constant))
+                                       excluded_rows, constant,
+                                       None if balanced_gain is None
+                                       else balanced_gain * (1.0 - interclass_weight)))
         weights.append(1.0 - interclass_weight)
     if interclass_weight > 0:
         excluded_entries = None
@@ -195,7 +204,9 @@ def detection_ap_loss(scores: Tensor,
             excluded_entries = (excluded_rows[:, None] * num_classes
                                 + torch.arange(num_classes, device=scores.device)).view(-1)
         problems.append(RankingProblem(1, PositiveSet.from_flat_index(live_positives, 1),
-                                       excluded_entries))
+                                       excluded_entries, None,
+                                       None if balanced_gain is None
+                                       else balanced_gain * interclass_weight))
         weights.append(interclass_weight)
 
     terms = []

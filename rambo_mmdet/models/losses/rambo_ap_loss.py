@@ -15,6 +15,11 @@ from ...ranking.distributed import (all_gather_ints, gather_rows, get_rank_and_w
 __all__ = ['RaMBOAPLoss', 'name_ranking_losses']
 
 _ACTIVATIONS = ('logits', 'sigmoid')
+#: Defaults of each mode: (lambda_val, margin, balanced_gain; None = the paper's gradient).
+MODES = {
+    'paper': dict(lambda_val=0.5, margin=0.15, balanced_gain=None),
+    'balanced': dict(lambda_val=0.5, margin=0.0, balanced_gain=10.0),
+}
 #: labels travel to other ranks in a float32 column: exact below 2**24
 _MAX_PACKED_CLASSES = 1 << 24
 
@@ -129,8 +134,10 @@ class RaMBOAPLoss(nn.Module):
 
     def __init__(self,
                  use_sigmoid: bool = True,
-                 lambda_val: float = 0.5,
-                 margin: float = 0.15,
+                 mode: str = 'paper',
+                 lambda_val: Optional[float] = None,
+                 margin: Optional[float] = None,
+                 balanced_gain: Optional[float] = None,
                  memory_batches: int = 7,
                  memory_max_rows: int = 4096,
                  interclass_weight: float = 1.0 / 3.0,
@@ -140,6 +147,17 @@ class RaMBOAPLoss(nn.Module):
                  scale_grad_by_world_size: bool = True,
                  name: str = 'RaMBOAPLoss') -> None:
         super().__init__()
+        if mode not in MODES:
+            raise ValueError(f'{name}: mode must be one of {tuple(MODES)}, got {mode!r}')
+        defaults = MODES[mode]
+        lambda_val = defaults['lambda_val'] if lambda_val is None else lambda_val
+        margin = defaults['margin'] if margin is None else margin
+        if mode == 'paper' and balanced_gain is not None:
+            raise ValueError(f"{name}: balanced_gain applies to mode='balanced' only (mode="
+                             f"'paper' is the paper's gradient)")
+        balanced_gain = defaults['balanced_gain'] if balanced_gain is None else balanced_gain
+        if balanced_gain is not None and balanced_gain <= 0:
+            raise ValueError(f'{name}: balanced_gain must be > 0, got {balanced_gain}')
         if not use_sigmoid:
             raise ValueError(
                 f'{name}: use_sigmoid=False is not supported: RaMBOAPLoss scores each class '
@@ -159,6 +177,8 @@ class RaMBOAPLoss(nn.Module):
             raise ValueError(f"{name}: global_batch must be 'auto', True or False, got "
                              f'{global_batch!r}')
         self.use_sigmoid = True
+        self.mode = mode
+        self.balanced_gain = None if balanced_gain is None else float(balanced_gain)
         self.lambda_val = float(lambda_val)
         self.margin = float(margin)
         self.interclass_weight = float(interclass_weight)
@@ -277,7 +297,8 @@ class RaMBOAPLoss(nn.Module):
             excluded_rows=None if valid is None else (~valid).nonzero().squeeze(1),
             memory=self.memory.contents(scores) if remember else None,
             lambda_val=self.lambda_val, margin=self.margin,
-            interclass_weight=self.interclass_weight, grad_scale=grad_scale)
+            interclass_weight=self.interclass_weight, grad_scale=grad_scale,
+            balanced_gain=self.balanced_gain)
         if remember:
             self.memory.push(scores, labels, valid)
         if grad_scale is not None:
@@ -311,7 +332,8 @@ class RaMBOAPLoss(nn.Module):
         return global_scores, global_labels
 
     def extra_repr(self) -> str:
-        return (f'lambda_val={self.lambda_val}, margin={self.margin}, '
+        return (f'mode={self.mode!r}, lambda_val={self.lambda_val}, margin={self.margin}, '
+                f'balanced_gain={self.balanced_gain}, '
                 f'interclass_weight={self.interclass_weight:.4g}, '
                 f'score_activation={self.score_activation!r}, loss_weight={self.loss_weight}, '
                 f'global_batch={self.global_batch!r}')
