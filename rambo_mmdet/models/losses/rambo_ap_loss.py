@@ -108,6 +108,12 @@ class RaMBOAPLoss(nn.Module):
 
     Args:
         use_sigmoid (bool): must be True: classes are scored independently (dense heads read it).
+        mode (str): ``'paper'`` (default): the paper's loss and gradient (λ 0.5, α 0.15).
+            ``'balanced'``: the same direction per ranking, rescaled so positives and negatives
+            each receive ``balanced_gain`` times their share of the loss (margin 0 by default);
+            measured on toy heads only so far.
+        balanced_gain (float, optional): gain of the balanced gradient (default 10; balanced
+            mode only).
         lambda_val (float): blackbox interpolation strength λ. Default 0.5.
         margin (float): margin α: positives must outscore negatives by α. Default 0.15.
         memory_batches (int): τ, past batches kept in the score memory (0: none). Default 7.
