@@ -8,7 +8,7 @@
 #                           (tools/pretrain_backbone.py -> data/pretrained/resnet18_half_fashion.pth;
 #                           ~6.5 min once, seconds when up to date)
 #   make benchmark-loss     $(VENV)/bin/python tools/benchmark_loss.py
-#   make benchmark-quality  $(VENV)/bin/python tools/benchmark_quality.py
+#   make benchmark-quality  $(VENV)/bin/python tools/benchmark_quality.py --jobs 2 (2 runs at a time)
 #   make clean-env          delete the env
 #
 # `make test` fails exactly when pytest exits non-zero, including exit 5 ("no tests collected");
@@ -39,7 +39,7 @@ benchmark-loss:
 	$(PYTHON) tools/benchmark_loss.py
 
 benchmark-quality:
-	$(PYTHON) tools/benchmark_quality.py
+	$(PYTHON) tools/benchmark_quality.py --jobs 2
 
 clean-env:
 	rm -rf -- "$(VENV)"

@@ -8,22 +8,17 @@
 # the test-time activation (get_activation -> sigmoid scores plus a zero background column, the
 # [N, C+1] layout multiclass_nms expects). All sampled RoIs of all images of the batch go to the
 # loss in one call, as the AP loss needs.
-_base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
+_base_ = ['mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', './_base_/rambo_losses.py',
+          './_base_/imagenet_weights.py']
 
 custom_imports = dict(imports=['rambo_mmdet'], allow_failed_imports=False)
 
 model = dict(
+    # torchvision's ImageNet ResNet-50 by its URL: no torchvision needed (see the fragment)
+    backbone=dict(init_cfg=dict(checkpoint={{_base_.resnet50_imagenet}})),
     roi_head=dict(
         bbox_head=dict(
-            loss_cls=dict(
-                _delete_=True,
-                type='RaMBOAPLoss',
-                use_sigmoid=True,
-                lambda_val=0.5,  # blackbox interpolation strength lambda (paper: 0.5)
-                margin=0.15,  # margin alpha between positives and negatives (paper: 0.15)
-                memory_batches=7,  # score memory tau, in batches (paper: 7)
-                interclass_weight=1 / 3,  # beta, weight of the inter-class ranking (paper: 1/3)
-                loss_weight=1.0))),
+            loss_cls={{_base_.rambo_box_head_loss}})),
     # AP-trained scores are rank-calibrated, not probabilities: the loss only orders positives
     # above negatives, so the absolute score level (and a good threshold) is arbitrary and can
     # drift during training. The stock score_thr=0.05 could drop most detections of such a model

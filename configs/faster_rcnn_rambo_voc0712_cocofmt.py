@@ -1,22 +1,17 @@
 # Faster R-CNN R50-FPN on PASCAL VOC 07+12 converted to COCO json (CocoMetric on VOC2007 test)
 # with RaMBO in the RoI box head. The json files come from mmdetection's
 # tools/dataset_converters/pascal_voc.py (data/VOCdevkit/annotations/voc0712_trainval.json and
-# voc07_test.json). Same RaMBO settings as faster_rcnn_rambo.py.
-_base_ = 'mmdet::pascal_voc/faster-rcnn_r50_fpn_1x_voc0712-cocofmt.py'
+# voc07_test.json). The loss comes from _base_/rambo_losses.py, as in every shipped config.
+_base_ = ['mmdet::pascal_voc/faster-rcnn_r50_fpn_1x_voc0712-cocofmt.py',
+          './_base_/rambo_losses.py', './_base_/imagenet_weights.py']
 
 custom_imports = dict(imports=['rambo_mmdet'], allow_failed_imports=False)
 
 model = dict(
+    # torchvision's ImageNet ResNet-50 by its URL: no torchvision needed (see the fragment)
+    backbone=dict(init_cfg=dict(checkpoint={{_base_.resnet50_imagenet}})),
     roi_head=dict(
         bbox_head=dict(
-            loss_cls=dict(
-                _delete_=True,
-                type='RaMBOAPLoss',
-                use_sigmoid=True,
-                lambda_val=0.5,
-                margin=0.15,
-                memory_batches=7,
-                interclass_weight=1 / 3,
-                loss_weight=1.0))),
+            loss_cls={{_base_.rambo_box_head_loss}})),
     # rank-calibrated scores: keep all boxes (see faster_rcnn_rambo.py)
     test_cfg=dict(rcnn=dict(score_thr=0.0, max_per_img=100)))

@@ -4,7 +4,8 @@
   takes a while and then fails deep inside a dataset with a bare ``FileNotFoundError``), check that
   the files and folders the config's datasets and evaluators read exist, and say how to get them.
 * :func:`check_pretrained_weights`: ``init_cfg=dict(type='Pretrained', checkpoint=...)`` entries
-  that cannot load here (a ``torchvision://`` name without torchvision, a missing local file).
+  that cannot load here (an http(s) URL neither in torch.hub's cache nor reachable, a
+  ``torchvision://`` name without torchvision, a missing local file).
 * :func:`check_ranking_heads`: before training, refuse dense heads that feed a ranking loss
   softmax channels and warn about heads that rank each FPN level separately.
 """
@@ -12,7 +13,7 @@ import os.path as osp
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 __all__ = ['DatasetPathError', 'missing_dataset_paths', 'check_dataset_paths',
-           'check_pretrained_weights', 'check_ranking_heads']
+           'check_pretrained_weights', 'hub_cache_path', 'probe_url', 'check_ranking_heads']
 
 #: how to get the data, by dataset type (the message also names the config keys to override)
 _DATA_HINTS = {
@@ -171,32 +172,91 @@ def _pretrained_entries(cfg, where: str) -> Iterator[Tuple[str, str]]:
             yield from _pretrained_entries(value, f'{where}.{i}')
 
 
-def check_pretrained_weights(cfg) -> None:
+def hub_cache_path(url: str) -> str:
+    """Where mmengine's ``load_from_http`` (torch.hub's ``load_state_dict_from_url``) looks for,
+    and downloads, the file of ``url``: ``<torch.hub.get_dir()>/checkpoints/<file name>``."""
+    from urllib.parse import urlparse
+
+    import torch.hub
+    return osp.join(torch.hub.get_dir(), 'checkpoints', osp.basename(urlparse(url).path))
+
+
+def probe_url(url: str, timeout: float = 5.0) -> Optional[str]:
+    """``None`` if an HTTP HEAD request to ``url`` succeeds within ``timeout`` seconds, else the
+    reason (a server refusing HEAD itself, HTTP 405 / 501, counts as reachable)."""
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method='HEAD'), timeout=timeout):
+            return None
+    except urllib.error.HTTPError as err:
+        return None if err.code in (405, 501) else f'HTTP {err.code} {err.reason}'
+    except urllib.error.URLError as err:
+        return str(err.reason)
+    except (OSError, ValueError) as err:  # timeouts, malformed URLs
+        return f'{type(err).__name__}: {err}' if str(err) else type(err).__name__
+
+
+def _torchvision_url(checkpoint: str) -> Optional[str]:
+    """The URL mmengine resolves a ``torchvision://NAME`` (``modelzoo://NAME``) checkpoint to,
+    from mmengine's own table (reading it needs no torchvision); ``None`` if NAME is not in it."""
+    try:
+        import mmengine
+        table = mmengine.load(osp.join(mmengine.__path__[0], 'hub', 'torchvision_0.12.json'))
+    except Exception:  # noqa: BLE001 (only a hint)
+        return None
+    return table.get(checkpoint.split('://', 1)[1])
+
+
+def check_pretrained_weights(cfg, timeout: float = 5.0) -> None:
     """Raise ``FileNotFoundError`` for pretrained weights of ``cfg.model`` that cannot load here.
 
-    mmdet's configs initialise the backbone from ``torchvision://resnet50``: mmengine needs the
-    ``torchvision`` package to resolve that name (and network access to download it once). Local
-    paths must exist. Other URLs (``https://``, ``open-mmlab://``...) are left to mmengine.
+    * ``http(s)://`` URLs (the shipped COCO/VOC configs load torchvision's ImageNet ResNet-50 by
+      its URL, configs/_base_/imagenet_weights.py): fine if the file is already in torch.hub's
+      cache (:func:`hub_cache_path`, where mmengine looks first); otherwise the URL must answer a
+      HEAD request within ``timeout`` seconds (mmengine downloads the file there once).
+    * ``torchvision://NAME`` (mmdet's own configs): mmengine needs the ``torchvision`` package to
+      resolve the name; the message gives the URL that loads the same file without it.
+    * Local paths must exist.
+
+    Other schemes (``open-mmlab://``, ``s3://``...) are left to mmengine. The message names the
+    overrides: a local file (``--cfg-options <key>=/path/to/weights.pth``) or no pretrained
+    weights (``--cfg-options <init_cfg key>=None``).
     """
     problems = []
     for checkpoint, key in _pretrained_entries(cfg.get('model'), 'model'):
-        if checkpoint.startswith(('torchvision://', 'modelzoo://')):
+        if checkpoint.startswith(('http://', 'https://')):
+            cached = hub_cache_path(checkpoint)
+            if osp.isfile(cached):
+                continue
+            reason = probe_url(checkpoint, timeout)
+            if reason is not None:
+                problems.append((key, osp.basename(cached), (
+                    f'{key}={checkpoint!r}: not in torch.hub\'s cache and the URL cannot be '
+                    f'reached ({reason}).\n    Download the file where there is network and put '
+                    f'it at {cached} (mmengine loads it from there)')))
+        elif checkpoint.startswith(('torchvision://', 'modelzoo://')):
             try:
                 import torchvision  # noqa: F401
             except ImportError:
-                problems.append(f'{key}={checkpoint!r} needs the torchvision package (and '
-                                'network access to download the weights once)')
+                url = _torchvision_url(checkpoint)
+                same = (f'.\n    The same weights without torchvision: --cfg-options '
+                        f'{key}={url}' if url else '')
+                problems.append((key, 'weights.pth', (
+                    f'{key}={checkpoint!r} needs the torchvision package (and network access to '
+                    f'download the weights once){same}')))
         elif '://' not in checkpoint and not osp.isfile(checkpoint):
             hint = (' (build it with `make pretrained`, i.e. python tools/pretrain_backbone.py)'
                     if osp.basename(checkpoint) == 'resnet18_half_fashion.pth' else '')
-            problems.append(f'{key}={checkpoint!r}: file not found{hint}')
+            problems.append((key, 'weights.pth', f'{key}={checkpoint!r}: file not found{hint}'))
     if problems:
-        key = problems[0].split('=')[0]
+        key, name, _ = problems[0]
         raise FileNotFoundError(
-            'pretrained weights cannot be loaded:\n' + '\n'.join(f'  {p}' for p in problems)
-            + '\nInstall torchvision (matching your torch), or download the weights and set '
-            f'--cfg-options {key}=/path/to/weights.pth, or train from scratch with '
-            f'--cfg-options {key.rsplit(".", 1)[0]}=None.')
+            'pretrained weights cannot be loaded:\n'
+            + '\n'.join(f'  {text}' for _, _, text in problems)
+            + f'\nOr load a local copy of the weights with --cfg-options {key}=/path/to/{name}, '
+            f'or train from scratch (no pretrained weights) with --cfg-options '
+            f'{key.rsplit(".", 1)[0]}=None.')
 
 
 def check_ranking_heads(model, logger='current') -> List[str]:

@@ -5,16 +5,29 @@ training starts, so that an error raised inside the loss says which head it belo
 
     ValueError: roi_head.bbox_head.loss_cls (RaMBOAPLoss): cls_score contains 3 NaN/Inf value(s)...
 
-Use it in a config (``rambo_mmdet`` must be imported, e.g. through ``custom_imports``)::
+:class:`RankingLossStatsHook` logs, at the logger interval, what each ranking loss sees: the
+training AP of each term, the fraction of scores that got a gradient and the score spread of
+positives and negatives (text log, ``scalars.json``, TensorBoard)::
 
-    custom_hooks = [dict(type='NameRankingLossesHook')]
+    Iter(train) [20/800] ... roi_head.bbox_head/ap_map: 0.3120  roi_head.bbox_head/ap_apc: 0.2051
+    roi_head.bbox_head/grad_frac: 0.3571  roi_head.bbox_head/pos_mean: 0.4410 ...
+
+Use them in a config (``rambo_mmdet`` must be imported, e.g. through ``custom_imports``)::
+
+    custom_hooks = [dict(type='NameRankingLossesHook'), dict(type='RankingLossStatsHook')]
 """
-from mmengine.hooks import Hook
+import math
+import re
+from typing import Dict, Optional, Sequence
+
+import torch
+from mmengine.hooks import Hook, LoggerHook
+from mmengine.model import is_model_wrapper
 from mmdet.registry import HOOKS
 
 from .models.losses.rambo_ap_loss import name_ranking_losses
 
-__all__ = ['NameRankingLossesHook']
+__all__ = ['NameRankingLossesHook', 'RankingLossStatsHook', 'ranking_loss_stat_prefixes']
 
 
 @HOOKS.register_module()
@@ -31,3 +44,124 @@ class NameRankingLossesHook(Hook):
         named = name_ranking_losses(runner.model)
         if named:
             runner.logger.info('ranking losses: ' + ', '.join(sorted(named.values())))
+
+
+#: Statistics a ranking loss records (see ``RaMBOAPLoss._record_stats``), in log order.
+STATS = ('ap_map', 'ap_apc', 'grad_frac', 'pos_mean', 'pos_std', 'neg_mean', 'neg_std')
+
+
+def ranking_loss_stat_prefixes(model) -> Dict[str, object]:
+    """``{key prefix: loss}`` of the ranking losses of ``model`` that record statistics.
+
+    The prefix is the loss's module path (as :func:`name_ranking_losses` names it) without a last
+    component ``loss*`` (``roi_head.bbox_head.loss_cls`` -> ``roi_head.bbox_head``; the full path
+    where that would be ambiguous, with ``loss`` spelled ``rank``), because mmengine's
+    ``LogProcessor`` averages every key that contains ``loss`` over its window instead of logging
+    the value of the last update (its ``mean_pattern``).
+    """
+    while is_model_wrapper(model):
+        model = model.module
+    losses = {path: module for path, module in model.named_modules()
+              if path and getattr(module, 'needs_all_samples', False)
+              and hasattr(module, 'record_stats')}
+    parents = [path.rpartition('.')[0] for path in losses]
+    prefixes = {}
+    for (path, module), parent in zip(losses.items(), parents):
+        if parent and path.rpartition('.')[2].startswith('loss') and parents.count(parent) == 1:
+            prefix = parent
+        else:
+            prefix = path
+        prefixes[re.sub('loss', 'rank', prefix)] = module
+    return prefixes
+
+
+@HOOKS.register_module()
+class RankingLossStatsHook(Hook):
+    """Log what each ranking loss of the model sees, at the logger interval.
+
+    For every ranking loss that records statistics (``RaMBOAPLoss``; found like
+    :func:`name_ranking_losses`, a model wrapper looked through), on the iterations that are
+    logged, the hook sets ``loss.record_stats`` before the iteration, and after it puts into the
+    message hub as ``train/<prefix>/<stat>`` (prefix: see :func:`ranking_loss_stat_prefixes`):
+
+    - ``ap_map``, ``ap_apc``: training AP of each term, ``1 - L_mAP`` (mean over the classes
+      with positives, score memory included) and ``1 - L_APC`` (interclass), of the last call;
+    - ``grad_frac``: fraction of the live scores (valid rows x classes) whose gradient was
+      non-zero in that iteration's backward (0: the head does not learn from the loss);
+    - ``pos_mean``, ``pos_std``, ``neg_mean``, ``neg_std``: mean and std of the ranked scores
+      (logits) of the positive and of the negative entries.
+
+    mmengine's ``LogProcessor`` takes every ``train/`` scalar into the log line, ``scalars.json``
+    and the visualiser backends (TensorBoard) with the value of its last update. Values that are
+    undefined in that iteration (no positive in the batch: ``ap_apc``, ``pos_*``) are skipped.
+
+    Cost: only the logged iterations record (one extra ranking of the scores for ``ap_apc`` and a
+    few passes over them); the floats are read once per interval (one host sync per loss).
+
+    Args:
+        interval (int, optional): record every ``interval`` iterations. Default: the interval of
+            the runner's ``LoggerHook``, and exactly the iterations it logs (end of epoch
+            included), so every log line carries the statistics of its own iteration.
+        stats (sequence of str): which statistics to log (default: all of :data:`STATS`).
+    """
+
+    priority = 'NORMAL'  # after_train_iter before the LoggerHook's (BELOW_NORMAL)
+
+    def __init__(self, interval: Optional[int] = None, stats: Sequence[str] = STATS) -> None:
+        if interval is not None and (not isinstance(interval, int) or interval < 1):
+            raise ValueError(f'RankingLossStatsHook: interval must be a positive int or None, '
+                             f'got {interval!r}')
+        unknown = sorted(set(stats) - set(STATS))
+        if unknown:
+            raise ValueError(f'RankingLossStatsHook: unknown stats {unknown}; choose from {STATS}')
+        self.interval = interval
+        self.stats = tuple(stats)
+        self._losses: Dict[str, object] = {}
+        self._logger_hook: Optional[LoggerHook] = None
+        self._recording = False
+
+    def before_run(self, runner) -> None:
+        self._losses = ranking_loss_stat_prefixes(runner.model)
+        self._logger_hook = next((h for h in runner.hooks if isinstance(h, LoggerHook)), None)
+        if self.interval is None and self._logger_hook is None:
+            raise ValueError('RankingLossStatsHook: the runner has no LoggerHook; give the hook '
+                             'an interval')
+        if self._losses:
+            runner.logger.info('RankingLossStatsHook: logging ' + ', '.join(
+                f'{prefix}/{{{",".join(self.stats)}}}' for prefix in self._losses))
+        else:
+            runner.logger.warning('RankingLossStatsHook: the model has no ranking loss that '
+                                  'records statistics; nothing will be logged')
+
+    def _logs_this_iter(self, runner, batch_idx: int) -> bool:
+        if self.interval is not None:
+            return self.every_n_inner_iters(batch_idx, self.interval)
+        hook = self._logger_hook  # the same test as LoggerHook.after_train_iter
+        return self.every_n_inner_iters(batch_idx, hook.interval) or (
+            self.end_of_epoch(runner.train_dataloader, batch_idx)
+            and (not hook.ignore_last or len(runner.train_dataloader) <= hook.interval))
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        self._recording = bool(self._losses) and self._logs_this_iter(runner, batch_idx)
+        for loss in self._losses.values():
+            loss.record_stats, loss.stats = self._recording, None
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if not self._recording:
+            return
+        for prefix, loss in self._losses.items():
+            recorded = loss.stats or {}
+            names = [name for name in self.stats if name in recorded]
+            loss.record_stats, loss.stats = False, None
+            if not names:
+                continue
+            # one host transfer per loss, once per interval
+            values = torch.stack([recorded[name].float() for name in names]).tolist()
+            for name, value in zip(names, values):
+                if math.isfinite(value):
+                    runner.message_hub.update_scalar(f'train/{prefix}/{name}', value)
+        self._recording = False
+
+    def after_train(self, runner) -> None:
+        for loss in self._losses.values():
+            loss.record_stats, loss.stats = False, None

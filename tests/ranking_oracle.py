@@ -38,6 +38,11 @@ def loop_ranks_among_positives(scores, positive):
     return out
 
 
+def rank_units(grad, n, lambda_val):
+    """Gradients in units of integer rank changes (exact comparisons)."""
+    return (grad * n * lambda_val).round()
+
+
 class LoopBlackboxRanks(torch.autograd.Function):
     """Normalised full ranks (loops) with the blackbox backward -(rk(y) - rk(y + λ g)) / λ."""
 
@@ -88,3 +93,19 @@ def oracle_recall_loss(scores, positive, lambda_val, margin, log_log=False):
     if not terms:
         return scores.float().sum() * 0
     return torch.stack(terms).mean()
+
+
+def oracle_detection_loss(scores, labels, memory, lambda_val, margin, beta):
+    """(1 - β) mean-AP over classes on (rows + memory) + β interclass AP on the rows; loops."""
+    num_classes = scores.shape[1]
+    one_hot = lambda lab: lab[:, None] == torch.arange(num_classes)  # noqa: E731
+    all_scores = torch.cat([scores, memory[0]]) if memory is not None else scores
+    all_labels = torch.cat([labels, memory[1]]) if memory is not None else labels
+    total = 0.0
+    if beta < 1:
+        total = total + (1 - beta) * oracle_map_loss(all_scores, one_hot(all_labels), lambda_val,
+                                                     margin)
+    if beta > 0:
+        total = total + beta * oracle_map_loss(scores.reshape(-1, 1),
+                                               one_hot(labels).reshape(-1, 1), lambda_val, margin)
+    return total

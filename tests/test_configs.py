@@ -21,8 +21,11 @@ register_all_modules()
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*.py')))
-PAPER = dict(type='RaMBOAPLoss', use_sigmoid=True, lambda_val=0.5, margin=0.15,
-             memory_batches=7, interclass_weight=1 / 3, loss_weight=1.0)
+#: the shipped losses (configs/_base_/rambo_losses.py): mode 'auto', tau 7 in RoI heads, none in
+#: dense heads
+SHIPPED = dict(type='RaMBOAPLoss', use_sigmoid=True, mode='auto', interclass_weight=1 / 3,
+               score_activation='logits', loss_weight=1.0)
+LOSSES_BASE = osp.join(ROOT, 'configs', '_base_', 'rambo_losses.py')
 
 needs_loss = pytest.mark.skipif(MODELS.get('RaMBOAPLoss') is None,
                                 reason='RaMBOAPLoss is not registered by rambo_mmdet (yet)')
@@ -51,13 +54,15 @@ def test_all_expected_configs_are_shipped():
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=config_name)
-def test_config_loads_with_paper_settings(path):
+def test_config_loads_with_shipped_loss(path):
     cfg = Config.fromfile(path)
     assert 'rambo_mmdet' in cfg.custom_imports.imports
     assert not cfg.custom_imports.allow_failed_imports
     head = rambo_head_cfg(cfg)
     loss = head.loss_cls.to_dict()
-    assert loss == pytest.approx(PAPER), loss  # _delete_ dropped the stock CE/focal keys
+    tau = 7 if 'roi_head' in cfg.model else 0
+    # _delete_ dropped the stock CE/focal keys
+    assert loss == pytest.approx(dict(SHIPPED, memory_batches=tau)), loss
     if 'roi_head' in cfg.model:
         assert cfg.model.test_cfg.rcnn.score_thr == 0.0
         assert cfg.model.test_cfg.rcnn.max_per_img == 100
@@ -163,3 +168,21 @@ def test_r18_loss_backward_predict(name, rambo_rpn, one_thread):
         assert pred.scores.shape == pred.labels.shape == (num, )
         assert ((pred.labels >= 0) & (pred.labels < 80)).all()  # never the background column
         assert ((pred.scores > 0) & (pred.scores <= 1)).all()
+
+
+@pytest.mark.parametrize('path', CONFIGS + sorted(glob.glob(osp.join(ROOT, 'configs', 'fashion',
+                                                                      '*rambo.py'))),
+                         ids=config_name)
+def test_loss_is_stated_once(path, tmp_path):
+    """Every shipped RaMBO config takes its loss from _base_/rambo_losses.py: one edit there
+    changes them all (checked by editing a copy of the configs tree)."""
+    import shutil
+    with open(path) as f:
+        assert "type='RaMBOAPLoss'" not in f.read()
+    copy = tmp_path / 'configs'
+    shutil.copytree(osp.join(ROOT, 'configs'), copy)
+    base = copy / '_base_' / 'rambo_losses.py'
+    base.write_text(base.read_text().replace('interclass_weight=1 / 3',
+                                              'interclass_weight=0.25'))
+    cfg = Config.fromfile(str(copy / osp.relpath(path, osp.join(ROOT, 'configs'))))
+    assert rambo_head_cfg(cfg).loss_cls.interclass_weight == 0.25

@@ -14,6 +14,13 @@ batches:
 * both ranks' memories are identical (bitwise) and equal the single-process memory;
 * ``gather_rows`` handles uneven, empty, bool and 3-D inputs;
 * NaN on one rank makes *both* ranks raise (no rank is left waiting in a collective).
+
+A second run of the workers (scenario ``zero_roi``) drives mmdet's RoI box head
+(``Shared2FCBBoxHead`` in DDP, ``BBoxHead.loss``) with a rank that has no RoI at all, or only
+ignored ones: mmdet skips the classification loss on an empty batch, which would leave the other
+rank waiting in the gather; :mod:`rambo_mmdet.models.bbox_head_patch` makes every rank call it.
+No rank hangs, the loss equals the single-process loss on the concatenated RoIs, and the
+gradients are finite (the classifier's equal to single-process training).
 """
 import os
 import socket
@@ -54,6 +61,33 @@ def make_features(rank, step):
     return torch.randn(labels.shape[0], 6, generator=gen), labels, weights
 
 
+ROI_CLASSES = 3
+ROI_ROWS = [(6, 0), (4, 3), (0, 5)]  # RoIs of (rank 0, rank 1) at each step
+
+
+def make_rois(rank, step):
+    """Inputs of ``BBoxHead.loss`` on one rank: RoI features ``[n, 4, 2, 2]``, rois, labels, label
+    weights, box targets and box weights. Rank 1 has no RoI at step 0, only ignored ones
+    (weight 0) at step 1; rank 0 none at step 2."""
+    gen = torch.Generator().manual_seed(500 + 1000 * rank + step)
+    rows = ROI_ROWS[step][rank]
+    feats = torch.randn(rows, 4, 2, 2, generator=gen)
+    rois = torch.cat([torch.zeros(rows, 1), torch.rand(rows, 4, generator=gen) * 10], dim=1)
+    labels = torch.randint(0, ROI_CLASSES + 1, (rows, ), generator=gen)
+    weights = torch.full((rows, ), float(not (rank == 1 and step == 1)))
+    return feats, rois, labels, weights, torch.randn(rows, 4, generator=gen), torch.ones(rows, 4)
+
+
+def build_roi_head(global_batch):
+    """A small ``Shared2FCBBoxHead`` with RaMBOAPLoss (the same weights on every call)."""
+    from mmdet.registry import MODELS
+    torch.manual_seed(0)
+    return MODELS.build(dict(
+        type='Shared2FCBBoxHead', in_channels=4, fc_out_channels=8, roi_feat_size=2,
+        num_classes=ROI_CLASSES, loss_cls=dict(type='RaMBOAPLoss', use_sigmoid=True,
+                                               memory_batches=TAU, global_batch=global_batch)))
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(('127.0.0.1', 0))
@@ -61,20 +95,52 @@ def free_port():
 
 
 # ---------------------------------------------------------------------------------------- worker
-def worker(rank, world_size, port, out_dir):
+def worker(rank, world_size, port, out_dir, scenario='main'):
     import datetime
 
     import torch.distributed as dist
-    from torch import nn
 
     import rambo_mmdet  # noqa: F401
-    from mmdet.registry import MODELS
-    from rambo_mmdet.ranking.distributed import gather_rows, is_distributed
+    from rambo_mmdet.ranking.distributed import is_distributed
 
     torch.set_num_threads(1)
     dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
                             world_size=world_size, timeout=datetime.timedelta(seconds=60))
     assert is_distributed()
+    out = zero_roi_worker(rank) if scenario == 'zero_roi' else main_worker(rank)
+    torch.save(out, os.path.join(out_dir, f'rank{rank}.pt'))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def zero_roi_worker(rank):
+    """mmdet's box-head loss in DDP, steps of ``ROI_ROWS``: loss keys, ``loss_cls`` and the
+    parameter gradients of each step."""
+    from torch import nn
+
+    head = build_roi_head(global_batch=True)
+    ddp = nn.parallel.DistributedDataParallel(head)
+    out = dict(keys=[], losses=[], grads=[])
+    for step in range(len(ROI_ROWS)):
+        feats, rois, labels, weights, targets, target_weights = make_rois(rank, step)
+        ddp.zero_grad()
+        cls_score, bbox_pred = ddp(feats)
+        losses = head.loss(cls_score, bbox_pred, rois, labels, weights, targets, target_weights)
+        sum(value for key, value in losses.items() if key.startswith('loss')).backward()
+        out['keys'].append(list(losses))
+        out['losses'].append(losses.get('loss_cls'))  # None if missing: checked by the test
+        out['grads'].append({name: None if p.grad is None else p.grad.clone()
+                             for name, p in head.named_parameters()})
+    return out
+
+
+def main_worker(rank):
+    """RaMBOAPLoss alone, gather_rows, DDP and bad input (see the module docstring)."""
+    from torch import nn
+
+    from mmdet.registry import MODELS
+    from rambo_mmdet.ranking.distributed import gather_rows
+
     out = dict(losses=[], grads=[], local_losses=[], unscaled_grads=[])
 
     loss_fn = MODELS.build(dict(type='RaMBOAPLoss', memory_batches=TAU, global_batch=True))
@@ -122,13 +188,11 @@ def worker(rank, world_size, port, out_dir):
         loss_fn(scores, labels)
     except ValueError as err:
         out['error'] = str(err)
-    torch.save(out, os.path.join(out_dir, f'rank{rank}.pt'))
-    dist.barrier()
-    dist.destroy_process_group()
+    return out
 
 
 if __name__ == '__main__':
-    worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], *sys.argv[5:])
     sys.exit(0)
 
 
@@ -139,14 +203,14 @@ import rambo_mmdet  # noqa: E402,F401
 from mmdet.registry import MODELS  # noqa: E402
 
 
-def run_workers(tmp_path):
+def run_workers(tmp_path, scenario='main'):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO_ROOT), os.environ.get('PYTHONPATH', '')]), PYTHONWARNINGS='ignore',
         OMP_NUM_THREADS='1')
     for attempt in range(2):  # the free port may be taken between bind and rendezvous
         port = free_port()
         procs = [subprocess.Popen([sys.executable, __file__, str(rank), str(WORLD_SIZE), str(port),
-                                   str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                                   str(tmp_path), scenario], env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)
                  for rank in range(WORLD_SIZE)]
         logs = []
@@ -270,3 +334,52 @@ def test_bad_input_on_one_rank_stops_every_rank(results):
     assert 'NaN/Inf' in results[1]['error'] and 'rank 1 of 2' in results[1]['error']
     assert 'invalid input on rank(s) [1] of 2' in results[0]['error']
     assert all(r['error'].startswith('RaMBOAPLoss:') for r in results)
+
+
+@pytest.fixture(scope='module')
+def zero_roi_results(tmp_path_factory):
+    return run_workers(tmp_path_factory.mktemp('zero_roi'), 'zero_roi')
+
+
+def test_rank_without_rois_joins_the_global_batch_of_the_box_head(zero_roi_results):
+    """A rank without RoIs (or with only ignored ones) still calls the ranking loss in mmdet's
+    box head: no hang, the same loss keys and value on both ranks, equal to the single-process
+    loss on the concatenated RoIs; finite gradients, the classifier's equal to single-process
+    training on the concatenated RoIs (DDP averaging undone by the loss)."""
+    head = build_roi_head(global_batch=False)
+    losses = []
+    for step in range(len(ROI_ROWS)):
+        parts = [make_rois(rank, step) for rank in range(WORLD_SIZE)]
+        feats, rois, labels, weights, targets, target_weights = [
+            torch.cat([part[i] for part in parts]) for i in range(6)]
+        head.zero_grad()
+        cls_score, bbox_pred = head(feats)
+        ref = head.loss(cls_score, bbox_pred, rois, labels, weights, targets,
+                        target_weights)['loss_cls']
+        ref.backward()
+        losses.append(ref.detach())
+        r0, r1 = zero_roi_results
+        assert r0['keys'][step] == r1['keys'][step] and 'loss_cls' in r0['keys'][step]
+        assert torch.equal(r0['losses'][step], r1['losses'][step])  # bitwise, every rank
+        assert torch.allclose(r0['losses'][step], ref, atol=1e-6, rtol=0), step
+        for r in zero_roi_results:
+            assert all(grad is not None and torch.isfinite(grad).all()
+                       for grad in r['grads'][step].values())
+            for name in ('fc_cls.weight', 'fc_cls.bias'):
+                assert torch.allclose(r['grads'][step][name], head.get_parameter(name).grad,
+                                      atol=1e-6, rtol=1e-5), (step, name)
+    assert all(float(loss) > 0 for loss in losses)  # not vacuous
+
+
+def test_box_head_calls_only_a_ranking_loss_on_zero_rois():
+    """One process, no RoI: the box head returns ``loss_cls`` and ``acc`` of a ranking loss (0,
+    graph intact, zero gradient); with cross-entropy mmdet's behaviour (no ``loss_cls``) stays."""
+    feats, *targets = make_rois(1, 0)
+    head = build_roi_head(global_batch=False)
+    losses = head.loss(*head(feats), *targets)
+    assert list(losses) == ['loss_cls', 'acc', 'loss_bbox'] and float(losses['loss_cls']) == 0
+    losses['loss_cls'].backward()
+    assert not head.fc_cls.weight.grad.any()
+    ce_head = MODELS.build(dict(type='Shared2FCBBoxHead', in_channels=4, fc_out_channels=8,
+                                roi_feat_size=2, num_classes=ROI_CLASSES))
+    assert list(ce_head.loss(*ce_head(feats), *targets)) == ['loss_bbox']

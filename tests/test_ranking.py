@@ -1,7 +1,8 @@
 """The pure-torch ranking core against independent oracles (loops, argsort, sklearn)."""
 import pytest
 import torch
-from ranking_oracle import LoopBlackboxRanks, loop_ranks, oracle_map_loss, oracle_recall_loss
+from ranking_oracle import (LoopBlackboxRanks, loop_ranks, oracle_detection_loss, oracle_map_loss,
+                            oracle_recall_loss, rank_units)
 from sklearn.metrics import average_precision_score
 
 import rambo_mmdet.ranking.blackbox as blackbox
@@ -39,11 +40,6 @@ def random_problem(seed, ties=False, max_n=30, max_groups=5, pos_rate=0.3):
     if not positive.any():  # something to rank, so that the forced strategy runs
         positive[0, 0] = True
     return scores, positive
-
-
-def rank_units(grad, n, lambda_val):
-    """Gradients in units of integer rank changes (exact comparisons)."""
-    return (grad * n * lambda_val).round()
 
 
 def grads_of(loss_fn, scores, *args):
@@ -362,22 +358,6 @@ def test_any_upstream_gradient_matches_argsort_reference(seed, strategy):
     (ranks.reshape(-1)[order] * upstream).sum().backward()
     assert torch.equal(rank_units(x.grad, n, 0.5), rank_units(y.grad, n, 0.5))
     assert (x.grad > 0).any() and (x.grad < 0).any()
-
-
-def oracle_detection_loss(scores, labels, memory, lambda_val, margin, beta):
-    """(1 - β) mean-AP over classes on (rows + memory) + β interclass AP on the rows; loops."""
-    num_classes = scores.shape[1]
-    one_hot = lambda lab: lab[:, None] == torch.arange(num_classes)  # noqa: E731
-    all_scores = torch.cat([scores, memory[0]]) if memory is not None else scores
-    all_labels = torch.cat([labels, memory[1]]) if memory is not None else labels
-    total = 0.0
-    if beta < 1:
-        total = total + (1 - beta) * oracle_map_loss(all_scores, one_hot(all_labels), lambda_val,
-                                                     margin)
-    if beta > 0:
-        total = total + beta * oracle_map_loss(scores.reshape(-1, 1),
-                                               one_hot(labels).reshape(-1, 1), lambda_val, margin)
-    return total
 
 
 @pytest.mark.parametrize('seed', range(24))

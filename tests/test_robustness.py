@@ -41,6 +41,8 @@ IMG = 128
 
 
 def build_loss(**kwargs):
+    """RaMBOAPLoss in the paper's mode unless told otherwise (the references are the paper's)."""
+    kwargs.setdefault('mode', 'paper')
     return MODELS.build(dict(type='RaMBOAPLoss', **kwargs))
 
 

@@ -14,6 +14,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from PIL import Image
 
 import rambo_mmdet  # noqa: F401
 from mmdet.datasets import CocoDataset
+from rambo_mmdet import cli
 from rambo_mmdet.cli import (DatasetPathError, check_dataset_paths, check_pretrained_weights,
                              missing_dataset_paths)
 
@@ -32,6 +34,11 @@ SWAP_LOSS = ['model.roi_head.bbox_head.loss_cls.type=RaMBOAPLoss',
              'model.roi_head.bbox_head.loss_cls.use_sigmoid=True']
 # CocoDataset / CocoMetric map categories by name to the 80 COCO classes: declare all of them
 CATEGORIES = [dict(id=i + 1, name=name) for i, name in enumerate(CocoDataset.METAINFO['classes'])]
+#: torchvision's ImageNet ResNet-50: what mmengine resolves torchvision://resnet50 to (the
+#: 'resnet50' entry of mmengine/hub/torchvision_0.12.json), in configs/_base_/imagenet_weights.py
+R50_URL = 'https://download.pytorch.org/models/resnet50-0676ba61.pth'
+SHIPPED_R50 = ['faster_rcnn_rambo.py', 'retinanet_rambo.py', 'faster_rcnn_rambo_voc0712.py',
+               'faster_rcnn_rambo_voc0712_cocofmt.py', 'retinanet_rambo_voc0712.py']
 
 
 def write_tiny_coco(root, num_images=4, size=(128, 96), seed=0):
@@ -206,11 +213,13 @@ def test_present_paths_pass_and_children_are_checked(tmp_path):
 
 def test_pretrained_weights_check(tmp_path):
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'retinanet_rambo.py'))
+    cfg.model.backbone.init_cfg.checkpoint = 'torchvision://resnet50'  # mmdet's own configs
     try:
         import torchvision  # noqa: F401
     except ImportError:  # the project stack has no torchvision
-        with pytest.raises(FileNotFoundError, match='torchvision'):
+        with pytest.raises(FileNotFoundError, match='torchvision') as err:
             check_pretrained_weights(cfg)
+        assert f'model.backbone.init_cfg.checkpoint={R50_URL}' in str(err.value)  # same weights
     weights = tmp_path / 'r50.pth'
     cfg.model.backbone.init_cfg.checkpoint = str(weights)
     with pytest.raises(FileNotFoundError, match='model.backbone.init_cfg.checkpoint'):
@@ -219,6 +228,96 @@ def test_pretrained_weights_check(tmp_path):
     check_pretrained_weights(cfg)
     cfg.model.backbone.init_cfg = None
     check_pretrained_weights(cfg)
+
+
+@pytest.fixture
+def torch_hub(tmp_path, monkeypatch):
+    """An empty torch.hub cache under tmp_path; returns torch.hub.get_dir()."""
+    import torch.hub
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    hub_dir = str(tmp_path / 'torch_home' / 'hub')
+    assert torch.hub.get_dir() == hub_dir  # torch.hub.set_dir() was not called in this process
+    return hub_dir
+
+
+@pytest.mark.parametrize('name', SHIPPED_R50)
+def test_shipped_configs_load_imagenet_weights_by_url(name):
+    """The torchvision ImageNet ResNet-50, by the URL mmengine resolves torchvision://resnet50 to
+    (the same file with or without torchvision)."""
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
+    assert cfg.model.backbone.init_cfg.to_dict() == dict(type='Pretrained', checkpoint=R50_URL)
+    assert cfg.model.backbone.depth == 50
+
+
+def test_pretrained_url_unreachable_names_cache_and_override(torch_hub, monkeypatch):
+    for var in ('http_proxy', 'https_proxy', 'all_proxy'):  # 127.0.0.1 directly, whatever the env
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.upper(), raising=False)
+    url = 'https://127.0.0.1:9/resnet50-0123abcd.pth'  # nothing listens on port 9: refused at once
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'retinanet_rambo.py'))
+    cfg.model.backbone.init_cfg.checkpoint = url
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError) as err:
+        check_pretrained_weights(cfg)
+    assert time.monotonic() - start < 10  # the probe's timeout is 5 s
+    msg = str(err.value)
+    assert f"model.backbone.init_cfg.checkpoint='{url}'" in msg and 'cannot be reached' in msg
+    assert osp.join(torch_hub, 'checkpoints', 'resnet50-0123abcd.pth') in msg  # where to put it
+    assert ('--cfg-options model.backbone.init_cfg.checkpoint=/path/to/resnet50-0123abcd.pth'
+            in msg)
+    assert '--cfg-options model.backbone.init_cfg=None' in msg  # from scratch
+    # the shipped URL, offline (probe stubbed): the same error; online: no error
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'faster_rcnn_rambo.py'))
+    monkeypatch.setattr(cli, 'probe_url', lambda url, timeout=5.0: 'offline')
+    with pytest.raises(FileNotFoundError, match=f'{R50_URL}.*offline'):
+        check_pretrained_weights(cfg)
+    monkeypatch.setattr(cli, 'probe_url', lambda url, timeout=5.0: None)
+    check_pretrained_weights(cfg)
+
+
+def test_pretrained_url_in_hub_cache_is_not_probed(torch_hub, monkeypatch):
+    probed = []
+    monkeypatch.setattr(cli, 'probe_url', lambda url, timeout=5.0: probed.append(url) or 'offline')
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'retinanet_rambo.py'))
+    with pytest.raises(FileNotFoundError):
+        check_pretrained_weights(cfg)
+    assert probed == [R50_URL]
+    cached = osp.join(torch_hub, 'checkpoints', 'resnet50-0676ba61.pth')
+    os.makedirs(osp.dirname(cached))
+    with open(cached, 'wb'):
+        pass
+    probed.clear()
+    check_pretrained_weights(cfg)
+    assert probed == []
+
+
+def test_shipped_config_loads_url_weights_from_hub_cache(torch_hub, monkeypatch):
+    """mmengine loads the shipped https checkpoint from torch.hub's cache, without torchvision
+    and without the network: the backbone gets the (fake) file's values."""
+    import torch
+    import torch.hub
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    def no_download(url, *args, **kwargs):
+        raise AssertionError(f'download attempted: {url}')
+
+    register_all_modules()
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', no_download)
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'faster_rcnn_rambo.py'))
+    url = cfg.model.backbone.init_cfg.checkpoint
+    fake = {'conv1.weight': torch.full((64, 3, 7, 7), 0.25),  # torchvision's key names
+            'layer4.2.conv3.weight': torch.full((2048, 512, 1, 1), -0.5)}
+    cached = osp.join(torch_hub, 'checkpoints', url.rsplit('/', 1)[1])
+    os.makedirs(osp.dirname(cached))
+    torch.save(fake, cached)
+    check_pretrained_weights(cfg)  # cached: no probe, no error
+    model = MODELS.build(cfg.model)
+    backbone = model.backbone
+    assert not torch.equal(backbone.conv1.weight, fake['conv1.weight'])
+    model.init_weights()
+    assert torch.equal(backbone.conv1.weight, fake['conv1.weight'])
+    assert torch.equal(backbone.layer4[2].conv3.weight, fake['layer4.2.conv3.weight'])
 
 
 @pytest.mark.parametrize('script, args, tool_args', [

@@ -16,8 +16,9 @@ Twins::
     faster_rcnn: faster_rcnn_r18_fashion_ce.py     vs faster_rcnn_r18_fashion_rambo.py
     retinanet:   retinanet_r18_fashion_focal.py    vs retinanet_r18_fashion_rambo.py
 
-Extra arm (``--extra-arms sigmoid``): the RaMBO Faster R-CNN with ``score_activation='sigmoid'``
-(ranks sigmoid(logits) instead of the logits), first seed only.
+Extra arms (ablations, first seed only): ``--extra-arms paper`` (default): both RaMBO twins with
+the paper's exact loss (``mode='paper'``: lambda 0.5, margin 0.15, tau 7); ``paper_margin0``:
+the same with margin 0; ``sigmoid``: the RaMBO Faster R-CNN ranking sigmoid(logits).
 
 Runs go seed by seed (both twins of a detector back to back, so they see the same machine load),
 and the outputs are rewritten after every run: an interrupted benchmark still leaves a table of
@@ -25,12 +26,13 @@ what finished, and ``--skip-existing`` re-uses finished runs of the same setting
 
 Examples::
 
-    python tools/benchmark_quality.py                      # the full benchmark (long, CPU)
+    python tools/benchmark_quality.py --jobs 2             # the full benchmark (~1.5 h, 2 cores)
     python tools/benchmark_quality.py --quick              # smoke: tiny data, 4 iterations
     python tools/benchmark_quality.py --detectors faster_rcnn --seeds 0 1 2 --iters 1500 \\
         --cfg-options optim_wrapper.optimizer.lr=0.01
 """
 import argparse
+import concurrent.futures
 import glob
 import json
 import math
@@ -55,15 +57,35 @@ CONFIGS = {
     ('faster_rcnn', 'ce'): 'faster_rcnn_r18_fashion_ce.py',
     ('faster_rcnn', 'rambo'): 'faster_rcnn_r18_fashion_rambo.py',
     ('faster_rcnn', 'rambo_sigmoid'): 'faster_rcnn_r18_fashion_rambo.py',
+    ('faster_rcnn', 'rambo_paper'): 'faster_rcnn_r18_fashion_rambo.py',
+    ('faster_rcnn', 'rambo_paper_margin0'): 'faster_rcnn_r18_fashion_rambo.py',
+    ('retinanet', 'rambo_paper'): 'retinanet_r18_fashion_rambo.py',
+    ('retinanet', 'rambo_paper_margin0'): 'retinanet_r18_fashion_rambo.py',
     ('retinanet', 'focal'): 'retinanet_r18_fashion_focal.py',
     ('retinanet', 'rambo'): 'retinanet_r18_fashion_rambo.py',
 }
 #: cfg-options of the extra arms (on top of their config).
+_FRCNN_LOSS = 'model.roi_head.bbox_head.loss_cls.'
+_RETINA_LOSS = 'model.bbox_head.loss_cls.'
+#: the paper's exact loss (mode='paper': lambda 0.5, margin 0.15), and the same with margin 0
+_PAPER = ['mode=paper', 'lambda_val=None', 'margin=None', 'balanced_gain=None',
+          'memory_batches=7']
+_PAPER_MARGIN0 = ['mode=paper', 'lambda_val=None', 'margin=0.0', 'balanced_gain=None',
+                  'memory_batches=7']
 ARM_OPTIONS = {
-    ('faster_rcnn', 'rambo_sigmoid'):
-    ['model.roi_head.bbox_head.loss_cls.score_activation=sigmoid'],
+    ('faster_rcnn', 'rambo_sigmoid'): [_FRCNN_LOSS + 'score_activation=sigmoid'],
+    ('faster_rcnn', 'rambo_paper'): [_FRCNN_LOSS + o for o in _PAPER],
+    ('faster_rcnn', 'rambo_paper_margin0'): [_FRCNN_LOSS + o for o in _PAPER_MARGIN0],
+    ('retinanet', 'rambo_paper'): [_RETINA_LOSS + o for o in _PAPER],
+    ('retinanet', 'rambo_paper_margin0'): [_RETINA_LOSS + o for o in _PAPER_MARGIN0],
 }
-EXTRA_ARMS = {'sigmoid': ('faster_rcnn', 'rambo_sigmoid')}
+#: --extra-arms name -> the (detector, arm) pairs it adds (first seed only; ablations)
+EXTRA_ARMS = {
+    'sigmoid': [('faster_rcnn', 'rambo_sigmoid')],
+    'paper': [('faster_rcnn', 'rambo_paper'), ('retinanet', 'rambo_paper')],
+    'paper_margin0': [('faster_rcnn', 'rambo_paper_margin0'),
+                      ('retinanet', 'rambo_paper_margin0')],
+}
 
 #: test metric keys (mmdet: fractions) -> table names (reported in points, x100).
 METRICS = [('coco/bbox_mAP', 'mAP'), ('coco/bbox_mAP_50', 'AP50'), ('coco/bbox_mAP_75', 'AP75'),
@@ -80,12 +102,12 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--detectors', nargs='+', choices=sorted(TWINS),
                    default=['faster_rcnn', 'retinanet'])
-    p.add_argument('--seeds', nargs='+', type=int, default=[0, 1], help='seeds of every twin')
+    p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2], help='seeds of every twin')
     p.add_argument('--retinanet-seeds', nargs='+', type=int, default=None,
                    help='seeds of the RetinaNet twins (default: --seeds)')
-    p.add_argument('--extra-arms', nargs='*', choices=sorted(EXTRA_ARMS), default=['sigmoid'],
+    p.add_argument('--extra-arms', nargs='*', choices=sorted(EXTRA_ARMS), default=['paper'],
                    help='extra RaMBO variants, trained with the first seed only (after the twins)')
-    p.add_argument('--iters', type=int, default=800, help='training iterations of every run')
+    p.add_argument('--iters', type=int, default=1500, help='training iterations of every run')
     p.add_argument('--val-interval', type=int, default=None,
                    help="validation every N iterations (mAP curves; default: iters // 4)")
     p.add_argument('--warmup', type=int, default=None,
@@ -101,6 +123,11 @@ def parse_args(argv=None):
     p.add_argument('--threads', type=int, default=1,
                    help='OMP/torch threads of each run (1: on a CPU shared with other jobs, 2 '
                    'threads were measured 10x slower than 1)')
+    p.add_argument('--arms', nargs='+', default=None,
+                   help='train only these arms (e.g. ce focal: the stock arms first); the table '
+                   'pairs them with finished runs of the other arms via --skip-existing')
+    p.add_argument('--jobs', type=int, default=1,
+                   help='runs trained at the same time (e.g. 2 on 2 cores with --threads 1)')
     p.add_argument('--cfg-options', nargs='+', default=[],
                    help='key=value overrides passed to every train and test run')
     p.add_argument('--load-from', default=None,
@@ -207,9 +234,12 @@ def run_plan(args):
             if seed in det_seeds:
                 plan += [(det, arm, seed) for arm in TWINS[det]]
     for extra in args.extra_arms:
-        det, arm = EXTRA_ARMS[extra]
-        if det in args.detectors:
-            plan.append((det, arm, args.seeds[0]))
+        for det, arm in EXTRA_ARMS[extra]:
+            if det in args.detectors:
+                det_seeds = args.retinanet_seeds if det == 'retinanet' else args.seeds
+                plan.append((det, arm, det_seeds[0]))
+    if args.arms:
+        plan = [p for p in plan if p[1] in args.arms]
     return plan
 
 
@@ -590,13 +620,20 @@ def main(argv=None):
         return 0
     log(f'{len(plan)} runs, {args.iters} iterations each, work root {args.work_root}: '
         + ', '.join(f'{d}/{a}/s{s}' for d, a, s in plan))
-    runs, t_start = [], time.time()
-    for k, (det, arm, seed) in enumerate(plan):
-        runs.append(run_one(args, det, arm, seed, env, settings))
-        write_outputs(args, runs, settings)
-        elapsed = time.time() - t_start
-        log(f'{k + 1}/{len(plan)} runs done in {elapsed / 60:.1f} min '
-            f'(about {elapsed / (k + 1) * (len(plan) - k - 1) / 60:.0f} min left)')
+    done, t_start = {}, time.time()
+    # --jobs N: N runs at a time (each a subprocess with --threads threads), started in plan
+    # order, so the two twins of a seed run side by side and see the same machine load
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(run_one, args, det, arm, seed, env, settings): k
+                   for k, (det, arm, seed) in enumerate(plan)}
+        for future in concurrent.futures.as_completed(futures):
+            done[futures[future]] = future.result()
+            runs = [done[k] for k in sorted(done)]
+            write_outputs(args, runs, settings)
+            elapsed = time.time() - t_start
+            log(f'{len(done)}/{len(plan)} runs done in {elapsed / 60:.1f} min (about '
+                f'{elapsed / len(done) * (len(plan) - len(done)) / 60:.0f} min left)')
+    runs = [done[k] for k in sorted(done)]
     summary = write_outputs(args, runs, settings)
     with open(osp.join(args.out_dir, 'quality.md')) as f:
         print(f.read())

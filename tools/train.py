@@ -6,11 +6,11 @@ Same command line as mmdetection 3.x ``tools/train.py``::
         [--resume [PATH]] [--cfg-options key=value ...] [--launcher pytorch]
 
 Differences: ``import rambo_mmdet`` (compatibility shims + registration) before the config is
-read; the dataset paths of the train (and val) split and the pretrained weights (e.g.
-``torchvision://resnet50`` needs torchvision) are checked before the Runner is built (a problem
-ends the run with exit code 2 and a message saying what to do); before
-training, a dense head that gives a ranking loss softmax channels is an error, and one that ranks
-each FPN level separately gets a warning.
+read; the dataset paths of the train (and val) split and the pretrained weights (an https URL
+must be in torch.hub's cache or reachable, ``torchvision://`` needs torchvision, a local file must
+exist) are checked before the Runner is built (a problem ends the run with exit code 2 and a
+message saying what to do); before training, a dense head that gives a ranking loss softmax
+channels is an error, and one that ranks each FPN level separately gets a warning.
 """
 import argparse
 import os

@@ -63,8 +63,11 @@ class RankingProblem(NamedTuple):
             and negatives' gradients each sum to the loss); it makes the gradient's size
             independent of the ranking length, of the score spread and of λ. The upstream
             gradient still sets the perturbation; its size no longer scales the result (a
-            :class:`GradScale` factor still does). A group whose perturbation crosses no entry
-            gets no gradient, in both modes.
+            :class:`GradScale` factor still does). Per positive-negative crossing the factor is
+            at most the group's share divided by its number of positives: a group whose
+            positives cross fewer negatives than there are positives (a short or well-ordered
+            ranking) gets proportionally less, rather than its whole share on a few scores. A
+            group whose perturbation crosses no entry gets no gradient, in both modes.
     """
     num_groups: int
     positives: PositiveSet
@@ -283,7 +286,11 @@ class _Solver:
         # swaps cancel in the sum)
         gained = torch.zeros(groups, dtype=dtype, device=rank_after.device).index_add_(
             0, positives.group, (self.rank - rank_after).to(dtype))
-        return torch.where(gained > 0, target / gained.clamp(min=1), torch.zeros_like(gained))
+        # per crossing at most target / count: a group whose positives cross few negatives (a
+        # short or well-ordered ranking) gets proportionally less, instead of its whole share
+        # concentrated on those few scores
+        return torch.where(gained > 0, target / torch.maximum(gained, count.to(dtype)).clamp(min=1),
+                           torch.zeros_like(gained))
 
 
 class BlackboxPositiveRanks(torch.autograd.Function):

@@ -147,7 +147,8 @@ def detection_ap_loss(scores: Tensor,
                       margin: float = 0.15,
                       interclass_weight: float = 1.0 / 3.0,
                       grad_scale: Optional[GradScale] = None,
-                      balanced_gain: Optional[float] = None) -> Tensor:
+                      balanced_gain: Optional[float] = None,
+                      balanced_below: Optional[float] = None) -> Tensor:
     """RaMBO's detection loss ``(1 - β) L_mAP + β L_APC`` on a ``[N, C]`` score matrix.
 
     ``L_mAP``: mean of ``1 - AP_c`` over the classes with positives, each class ranking the
@@ -170,6 +171,10 @@ def detection_ap_loss(scores: Tensor,
             of ``L_mAP`` receive in total ``g (1 - β)(1 - AP_c) / K`` and those of ``L_APC``
             ``g β (1 - AP)`` (the negatives as much), whatever the ranking length and score
             spread; the same direction as the paper's gradient within each ranking.
+        balanced_below (float, optional): with ``balanced_gain``: use the balanced gradient only
+            when the positives of the ``L_mAP`` ranking are fewer than this fraction of its rows
+            (valid rows plus memory rows), the paper's gradient otherwise (``None``: always the
+            balanced one). Decided per call from tensor shapes (no host sync).
 
     Returns:
         Tensor: float32 scalar; a term without positives contributes 0 (with a zero gradient).
@@ -183,13 +188,22 @@ def detection_ap_loss(scores: Tensor,
         excluded_rows = None
     rows = foreground.nonzero().squeeze(1)
     live_positives = rows * num_classes + labels[rows]
+    memory_rows = None
+    if memory is not None and memory[0].shape[0]:
+        memory_rows = (memory[1] < num_classes).nonzero().squeeze(1)
+    if balanced_gain is not None and balanced_below is not None:
+        num_memory = 0 if memory_rows is None else memory[0].shape[0]
+        num_excluded = 0 if excluded_rows is None else excluded_rows.numel()
+        ranked_rows = num_rows - num_excluded + num_memory
+        num_positives = rows.numel() + (0 if memory_rows is None else memory_rows.numel())
+        if num_positives >= balanced_below * ranked_rows:
+            balanced_gain = None
 
     problems, weights = [], []
     if interclass_weight < 1:
         flat_index, constant = live_positives, None
-        if memory is not None and memory[0].shape[0]:
+        if memory_rows is not None:
             constant, memory_labels = memory
-            memory_rows = (memory_labels < num_classes).nonzero().squeeze(1)
             flat_index = torch.cat([flat_index, (num_rows + memory_rows) * num_classes
                                     + memory_labels[memory_rows]])
         problems.append(RankingProblem(num_classes,
