@@ -464,11 +464,14 @@ def write_markdown(args, runs, summary, path, settings):
              f'`{" ".join(settings.get("cfg_options", args.cfg_options)) or "none"}`.'
              + (f' **Warm start**: every run initialised from `{settings["load_from"]}` minus '
                 f'its classification layer (fresh classifier in every arm).'
-                if settings.get('load_from') else ' From scratch (no pretrained weights).'),
+                if settings.get('load_from') else ' Backbone and heads as the configs initialise '
+                'them (classification-pretrained backbone, fresh heads; no warm start).'),
              'Metrics in points (x100): COCO mAP@[.5:.95], AP50, AP75 (CocoMetric) and VOC mAP '
              '(VOCMetric, IoU 0.5, area mode). mean ± sample std over seeds (no ± with one '
              'seed). Iteration time: median of the logged per-window means of a run (mmengine '
-             '`time`, data loading included), machine shared with other jobs.', '',
+             '`time`, data loading included), machine shared with other jobs: the time ratio '
+             'compares like with like only when the twins of a seed ran side by side (one '
+             'invocation, `--jobs 2`).', '',
              '| detector | arm | seeds | mAP | AP50 | AP75 | VOC mAP | iter time (s) |',
              '|---|---|---|---|---|---|---|---|']
     for e in summary['arms']:
