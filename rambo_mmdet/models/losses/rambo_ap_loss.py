@@ -329,15 +329,16 @@ class RaMBOAPLoss(nn.Module):
         grad_scale = GradScale() if torch.is_grad_enabled() and scores.requires_grad else None
         remember = self.training and self.memory.num_batches > 0
         memory = self.memory.contents(scores) if remember else None
+        excluded = None if valid is None else (~valid).nonzero().squeeze(1)
         loss = detection_ap_loss(
             scores, labels,
-            excluded_rows=None if valid is None else (~valid).nonzero().squeeze(1),
+            excluded_rows=excluded,
             memory=memory,
             lambda_val=self.lambda_val, margin=self.margin,
             interclass_weight=self.interclass_weight, grad_scale=grad_scale,
             balanced_gain=self.balanced_gain, balanced_below=self.balanced_below)
         if self.record_stats:
-            self._record_stats(scores, labels, valid, memory, loss)
+            self._record_stats(scores, labels, valid, excluded, memory, loss)
         if remember:
             self.memory.push(scores, labels, valid)
         if grad_scale is not None:
@@ -346,6 +347,7 @@ class RaMBOAPLoss(nn.Module):
 
     @torch.no_grad()
     def _record_stats(self, scores: Tensor, labels: Tensor, valid: Optional[Tensor],
+                      excluded: Optional[Tensor],
                       memory: Optional[Tuple[Tensor, Tensor]], loss: Tensor) -> None:
         """Set :attr:`stats` of this call: 0-dim detached float32 tensors (no host sync for the
         values themselves; NaN where undefined), over the live entries (the valid rows' scores,
@@ -379,7 +381,7 @@ class RaMBOAPLoss(nn.Module):
         if 0 < beta < 1:
             apc_loss = detection_ap_loss(
                 values, labels,
-                excluded_rows=None if valid is None else (~valid).nonzero().squeeze(1),
+                excluded_rows=excluded,
                 lambda_val=self.lambda_val, margin=self.margin, interclass_weight=1.0)
         if beta > 0:
             stats['ap_apc'] = torch.where(num_pos > 0, 1 - apc_loss, nan)
