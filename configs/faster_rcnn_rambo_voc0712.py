@@ -10,6 +10,5 @@ model = dict(
     backbone=dict(init_cfg=dict(checkpoint={{_base_.resnet50_imagenet}})),
     roi_head=dict(
         bbox_head=dict(
-            loss_cls={{_base_.rambo_box_head_loss}})),
-    # rank-calibrated scores: keep all boxes (see faster_rcnn_rambo.py)
-    test_cfg=dict(rcnn=dict(score_thr=0.0, max_per_img=100)))
+            loss_cls={{_base_.rambo_box_head_loss}})))
+# test_cfg: mmdet's (calibrated scores, see faster_rcnn_rambo.py)

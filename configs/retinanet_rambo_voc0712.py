@@ -11,5 +11,5 @@ model = dict(
     bbox_head=dict(
         type='RaMBORetinaHead',
         loss_cls={{_base_.rambo_dense_head_loss}}),
-    # rank-calibrated scores: keep all candidates (see retinanet_rambo.py)
+    # calibrated scores, but keep all candidates (see retinanet_rambo.py)
     test_cfg=dict(score_thr=0.0, nms_pre=1000, max_per_img=100))

@@ -22,9 +22,10 @@ register_all_modules()
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*.py')))
 #: the shipped losses (configs/_base_/rambo_losses.py): mode 'auto', tau 7 in RoI heads, none in
-#: dense heads
+#: dense heads; calibrated scores (fitted on the ranked RoIs in RoI heads, on the training
+#: detections in dense heads)
 SHIPPED = dict(type='RaMBOAPLoss', use_sigmoid=True, mode='auto', interclass_weight=1 / 3,
-               score_activation='logits', loss_weight=1.0)
+               score_activation='logits', loss_weight=1.0, calibration='global')
 LOSSES_BASE = osp.join(ROOT, 'configs', '_base_', 'rambo_losses.py')
 
 needs_loss = pytest.mark.skipif(MODELS.get('RaMBOAPLoss') is None,
@@ -62,9 +63,11 @@ def test_config_loads_with_shipped_loss(path):
     loss = head.loss_cls.to_dict()
     tau = 7 if 'roi_head' in cfg.model else 0
     # _delete_ dropped the stock CE/focal keys
-    assert loss == pytest.approx(dict(SHIPPED, memory_batches=tau)), loss
+    dense = {} if 'roi_head' in cfg.model else dict(calibration_source='detections')
+    assert loss == pytest.approx(dict(SHIPPED, memory_batches=tau, **dense)), loss
     if 'roi_head' in cfg.model:
-        assert cfg.model.test_cfg.rcnn.score_thr == 0.0
+        # calibrated scores: mmdet's stock test thresholds (score_thr 0.05)
+        assert cfg.model.test_cfg.rcnn.score_thr == 0.05
         assert cfg.model.test_cfg.rcnn.max_per_img == 100
     else:
         assert head.type == 'RaMBORetinaHead'

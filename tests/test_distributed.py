@@ -161,6 +161,9 @@ def main_worker(rank):
         out.setdefault('auto_losses', []).append(auto_fn(scores, labels, weights))
         out['local_losses'].append(local_fn(scores, labels, weights))
     out['memory'] = [(s.clone(), t.clone()) for s, t in loss_fn.memory._batches]
+    # the score calibration map (sums all-reduced: the same update on every rank)
+    out['calib'] = [loss_fn.calib_scale.clone(), loss_fn.calib_bias.clone(),
+                    loss_fn.calib_updates.clone()]
 
     # gather_rows on its own: uneven sizes (0 on rank 1), bool, 3-D
     sizes = [3, 0]
@@ -268,6 +271,22 @@ def test_loss_equal_on_every_rank_and_to_single_process(results):
         for r in results:
             assert torch.allclose(r['auto_losses'][step], ref, atol=1e-6, rtol=0)
     assert any(float(v) > 0 for v in ref_losses)  # not vacuous
+
+
+def test_calibration_map_identical_on_every_rank_and_equal_to_single_process(results):
+    """Under the global batch every rank takes the same calibration step (the BCE sums of the
+    ranks' rows are all-reduced): the maps are bitwise equal and equal the single-process map
+    learned on the concatenated batches (up to the summation order)."""
+    reference = MODELS.build(dict(type='RaMBOAPLoss', memory_batches=TAU, global_batch=False))
+    for step in range(STEPS):
+        (scores, labels, weights), _ = concatenated(step)
+        reference(scores, labels, weights)
+    maps = [out['calib'] for out in results]
+    assert all(torch.equal(a, b) for a, b in zip(*maps))
+    assert maps[0][2].item() == STEPS
+    assert maps[0][0].item() != 1.0  # it moved
+    assert maps[0][0].item() == pytest.approx(reference.calib_scale.item(), rel=1e-5)
+    assert maps[0][1].item() == pytest.approx(reference.calib_bias.item(), rel=1e-5, abs=1e-6)
 
 
 def test_global_batch_false_ranks_the_local_batch_only(results):

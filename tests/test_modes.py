@@ -7,8 +7,8 @@ The paper's exact loss (``mode='paper'``) is checked against the oracles elsewhe
   0.2 % positives), which is why it starves dense heads (~0.1 % positives);
 - it moves every score in the paper's direction (same signs, same zero pattern; exactly
   proportional within one ranking);
-- the default ``auto`` is exactly the balanced gradient below 1/32 positives per ranked row and
-  exactly the paper's (margin 0) above;
+- the default ``auto`` is exactly the balanced gradient (margin 0.15) below 1/32 positives per
+  ranked row and exactly the paper's (margin 0) above;
 - a small dense head (1 % positives) and a RoI-like head (25 % positives) trained with the
   default mode reach at least the held-out mAP of FocalLoss and of softmax cross-entropy.
 """
@@ -49,6 +49,11 @@ def test_default_mode_and_its_settings():
     loss = RaMBOAPLoss()
     assert loss.mode == 'auto'
     assert (loss.lambda_val, loss.margin, loss.balanced_gain) == (0.5, 0.0, 10.0)
+    assert loss.balanced_margin == 0.15
+    assert RaMBOAPLoss(mode='balanced').balanced_margin == 0.15
+    # an explicit margin applies with either gradient
+    explicit = RaMBOAPLoss(margin=0.05)
+    assert (explicit.margin, explicit.balanced_margin) == (0.05, 0.05)
     assert loss.balanced_below == pytest.approx(1 / 32)
     assert loss.memory.num_batches == 7 and loss.interclass_weight == pytest.approx(1 / 3)
     paper = RaMBOAPLoss(mode='paper')
@@ -82,7 +87,7 @@ def test_direction_matches_paper(mode, interclass_weight):
     scores, labels, _ = _scores_and_labels(20_000, 5, 0.01, seed=1)
     scores = (scores * 4).round() / 4  # many ties
     paper = _grad('paper', scores, labels, margin=0.0, interclass_weight=interclass_weight)
-    other = _grad(mode, scores, labels, interclass_weight=interclass_weight)
+    other = _grad(mode, scores, labels, margin=0.0, interclass_weight=interclass_weight)
     assert torch.count_nonzero(paper) > 50
     assert torch.equal(paper != 0, other != 0)
     assert torch.equal(paper.sign(), other.sign())
@@ -95,12 +100,19 @@ def test_direction_matches_paper(mode, interclass_weight):
 @pytest.mark.parametrize('fraction, expected', [(0.01, 'balanced'), (0.2, 'paper')])
 def test_auto_mode_picks_by_positive_fraction(fraction, expected):
     scores, labels, _ = _scores_and_labels(20_000, 5, fraction, seed=2)
+    # auto's margin: 0.15 with the balanced gradient, 0 with the paper's
+    margin = 0.15 if expected == 'balanced' else 0.0
     auto = _grad('auto', scores, labels)
-    same = _grad(expected, scores, labels, margin=0.0)
-    other = _grad('paper' if expected == 'balanced' else 'balanced', scores, labels, margin=0.0)
+    same = _grad(expected, scores, labels, margin=margin)
+    other = _grad('paper' if expected == 'balanced' else 'balanced', scores, labels,
+                  margin=margin)
     assert torch.count_nonzero(auto) > 0
     assert torch.equal(auto, same)
     assert not torch.allclose(auto, other)
+    assert not torch.equal(auto, _grad(expected, scores, labels, margin=0.15 - margin))
+    # the value is the paper's loss at the margin in use
+    assert RaMBOAPLoss(memory_batches=0)(scores, labels) == \
+        RaMBOAPLoss(mode='paper', margin=margin, memory_batches=0)(scores, labels)
     # the loss value is the paper's (margin 0) in every mode
     values = [RaMBOAPLoss(mode=m, margin=0.0, memory_batches=0)(scores, labels)
               for m in ('auto', 'balanced', 'paper')]
@@ -175,5 +187,5 @@ def test_roi_toy_head_trains_at_least_as_well_as_cross_entropy():
 
 def test_modes_table_is_documented():
     assert set(MODES) == {'auto', 'balanced', 'paper'}
-    assert MODES['paper'] == dict(lambda_val=0.5, margin=0.15, balanced_gain=None,
-                                  balanced_below=None)
+    assert MODES['paper'] == dict(lambda_val=0.5, margin=0.15, balanced_margin=0.15,
+                                  balanced_gain=None, balanced_below=None)

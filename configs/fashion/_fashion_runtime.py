@@ -19,27 +19,15 @@ _base_ = ['mmdet::_base_/default_runtime.py', '../_base_/fashion_det_coco.py']
 
 custom_imports = dict(imports=['rambo_mmdet'], allow_failed_imports=False)
 
-data_root = 'data/fashion_det/'
 # 160x160 instead of the native 256x256: about 2.5x fewer pixels, for CPU speed (the garments
-# become ~7..75 px; the detectors' anchors are set for that).
+# become ~7..75 px; the detectors' anchors are set for that). The pipelines are the base's
+# (../_base_/fashion_det_common.py) with this scale in their Resize step. (`_base_` is bound to the
+# base files' variables while mmengine runs this file.)
 img_scale = (160, 160)
-backend_args = None
-
-train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='Resize', scale=img_scale, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs')
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
-    dict(type='Resize', scale=img_scale, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(
-        type='PackDetInputs',
-        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
-]
+train_pipeline = [dict(step, scale=img_scale) if step['type'] == 'Resize' else step
+                  for step in _base_.train_pipeline]  # noqa: F821
+test_pipeline = [dict(step, scale=img_scale) if step['type'] == 'Resize' else step
+                 for step in _base_.test_pipeline]  # noqa: F821
 
 train_dataloader = dict(
     batch_size=4,
@@ -52,16 +40,9 @@ val_dataloader = dict(batch_size=8, num_workers=1, persistent_workers=True,
 test_dataloader = dict(batch_size=8, num_workers=1, persistent_workers=True,
                        dataset=dict(pipeline=test_pipeline))
 
-val_evaluator = [
-    dict(type='CocoMetric', ann_file=data_root + 'annotations/instances_val.json',
-         metric='bbox', format_only=False, backend_args=None),
-    dict(type='VOCMetric', metric='mAP', eval_mode='area'),
-]
-test_evaluator = [
-    dict(type='CocoMetric', ann_file=data_root + 'annotations/instances_test.json',
-         metric='bbox', format_only=False, backend_args=None),
-    dict(type='VOCMetric', metric='mAP', eval_mode='area'),
-]
+# the base's CocoMetric (on the split's annotation file) and VOCMetric side by side
+val_evaluator = [_base_.val_evaluator, _base_.voc_metric]  # noqa: F821
+test_evaluator = [_base_.test_evaluator, _base_.voc_metric]  # noqa: F821
 
 max_iters = 800
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters,

@@ -19,7 +19,7 @@
 #   0.01 momentum 0.9 without GN: 0.0 after 400).
 # - Anchors octave_base_scale 2 instead of 4 (16..~400 px over strides 8..128): the garments are
 #   ~7..75 px on the 160 px input.
-# - Test score_thr 0.0 in BOTH twins (AP-trained scores are rank-calibrated, see
+# - Test score_thr 0.0 in BOTH twins (the RaMBO twin's calibrated scores lose AP at 0.05, see
 #   configs/retinanet_rambo.py), nms_pre 1000 per level, max_per_img 100.
 # mmengine refuses sibling bases that define the same keys, and retinanet_r50_fpn_1x_coco.py also
 # defines the COCO data and schedule; so take its model part (mmdet's

@@ -148,7 +148,8 @@ def detection_ap_loss(scores: Tensor,
                       interclass_weight: float = 1.0 / 3.0,
                       grad_scale: Optional[GradScale] = None,
                       balanced_gain: Optional[float] = None,
-                      balanced_below: Optional[float] = None) -> Tensor:
+                      balanced_below: Optional[float] = None,
+                      balanced_margin: Optional[float] = None) -> Tensor:
     """RaMBO's detection loss ``(1 - β) L_mAP + β L_APC`` on a ``[N, C]`` score matrix.
 
     ``L_mAP``: mean of ``1 - AP_c`` over the classes with positives, each class ranking the
@@ -175,6 +176,8 @@ def detection_ap_loss(scores: Tensor,
             when the positives of the ``L_mAP`` ranking are fewer than this fraction of its rows
             (valid rows plus memory rows), the paper's gradient otherwise (``None``: always the
             balanced one). Decided per call from tensor shapes (no host sync).
+        balanced_margin (float, optional): the margin α used instead of ``margin`` when the call
+            uses the balanced gradient (``None``: ``margin`` in both cases).
 
     Returns:
         Tensor: float32 scalar; a term without positives contributes 0 (with a zero gradient).
@@ -198,6 +201,8 @@ def detection_ap_loss(scores: Tensor,
         num_positives = rows.numel() + (0 if memory_rows is None else memory_rows.numel())
         if num_positives >= balanced_below * ranked_rows:
             balanced_gain = None
+    if balanced_gain is not None and balanced_margin is not None:
+        margin = balanced_margin
 
     problems, weights = [], []
     if interclass_weight < 1:

@@ -7,24 +7,34 @@ from mmdet.registry import MODELS
 from mmengine.model import is_model_wrapper
 from torch import Tensor, nn
 
+from ...calibration import MODES as CALIBRATION_MODES
+from ...calibration import calibrate_logits, logistic_fit_step
 from ...ranking import (GradScale, ScoreMemory, check_scores, detection_ap_loss,
                         route_output_grad)
 from ...ranking.distributed import (all_gather_ints, gather_rows, get_rank_and_world_size,
-                                    resolve_global_batch)
+                                    is_distributed, resolve_global_batch)
 
 __all__ = ['RaMBOAPLoss', 'name_ranking_losses']
 
 _ACTIVATIONS = ('logits', 'sigmoid')
-#: Each mode: defaults of lambda_val, margin and balanced_gain (None: the paper's gradient
-#: size), and balanced_below: the balanced gradient only when the positives are fewer than this
-#: fraction of the ranked rows (None: always).
+#: Each mode: defaults of lambda_val, margin (with the paper's gradient), balanced_margin (the
+#: margin with the balanced gradient) and balanced_gain (None: the paper's gradient size), and
+#: balanced_below: the balanced gradient only when the positives are fewer than this fraction of
+#: the ranked rows (None: always).
 MODES = {
-    'auto': dict(lambda_val=0.5, margin=0.0, balanced_gain=10.0, balanced_below=1 / 32),
-    'balanced': dict(lambda_val=0.5, margin=0.0, balanced_gain=10.0, balanced_below=None),
-    'paper': dict(lambda_val=0.5, margin=0.15, balanced_gain=None, balanced_below=None),
+    'auto': dict(lambda_val=0.5, margin=0.0, balanced_margin=0.15, balanced_gain=10.0,
+                 balanced_below=1 / 32),
+    'balanced': dict(lambda_val=0.5, margin=0.15, balanced_margin=0.15, balanced_gain=10.0,
+                     balanced_below=None),
+    'paper': dict(lambda_val=0.5, margin=0.15, balanced_margin=0.15, balanced_gain=None,
+                  balanced_below=None),
 }
 #: labels travel to other ranks in a float32 column: exact below 2**24
 _MAX_PACKED_CLASSES = 1 << 24
+#: the score calibration's buffers (see RaMBOAPLoss, *Score calibration*)
+_CALIBRATION_BUFFERS = ('calib_scale', 'calib_bias', 'calib_updates')
+#: what the map is fitted on: the rows the loss ranks, or the head's training detections
+_CALIBRATION_SOURCES = ('ranked_rows', 'detections')
 
 
 def _no_autocast(device: torch.device):
@@ -48,28 +58,33 @@ class RaMBOAPLoss(nn.Module):
     Ranks are normalised by the ranking length, as in the paper's code, so the paper's detection
     defaults λ = 0.5, α = 0.15, τ = 7, β = 1/3 (``L_mAP : L_APC = 2 : 1``) keep their meaning.
 
-    **Modes** (the loss value is the paper's in all of them; they differ in the gradient's size
-    and in the default margin):
+    **Modes** (the loss value is the paper's in all of them, at the margin in use; they differ
+    in the gradient's size and in the default margin):
 
-    - ``'auto'`` (default): margin 0; per call, the *balanced* gradient (below) when the
-      positives are fewer than 1/32 of the ranked rows (dense heads: ~0.1 % of the anchors), the
-      paper's gradient otherwise (RoI box heads: mmdet's sampler takes 25 % positives). Decided
-      from tensor shapes, no host sync.
+    - ``'auto'`` (default): per call, the *balanced* gradient (below) with the paper's margin
+      0.15 when the positives are fewer than 1/32 of the ranked rows (dense heads: ~0.1 % of the
+      anchors), the paper's gradient with margin 0 otherwise (RoI box heads: mmdet's sampler
+      takes 25 % positives). Decided from tensor shapes, no host sync.
     - ``'balanced'``: per ranking group, the paper's direction rescaled so positives (and
       negatives) receive ``balanced_gain · (1 - AP_g) / K`` in total (the balance of Rank & Sort
       and aLRP; ``K`` groups with positives), at most that divided by the group's positives per
-      crossing; margin 0. Its size depends neither on the ranking length nor on the positive
+      crossing; margin 0.15. Its size depends neither on the ranking length nor on the positive
       fraction, while the paper's shrinks with the fraction (measured: ~3x from 1 % to 0.2 %
       positives), which leaves a dense head almost no gradient.
     - ``'paper'``: the paper's exact loss and gradient (λ 0.5, α 0.15, τ 7, β 1/3).
 
-    Measured (FashionDet twins, ``configs/fashion/``, see the README): RetinaNet learns only with
-    the balanced gradient (validation AP50 after 600 iterations: 13.2; the paper's gradient with
-    margin 0 scaled by ``n / P``, mmdet's per-positive convention: 6.4; focal: 16.8); the RoI box
-    head is stable only with the paper's gradient (balanced: gradient norm ~1000 within 200
-    iterations, with gain 10 or 1). The margin
-    0.15 puts every positive below every negative at initialisation (logits within a few
-    hundredths) and zeroes the gradient, hence margin 0 outside ``'paper'``.
+    An explicit ``margin`` applies with either gradient. Measured (FashionDet twins,
+    ``configs/fashion/``, seed 0, validation after 600 iterations, see the README):
+
+    - RetinaNet needs the balanced gradient (the paper's gradient, margin 0, scaled by ``n / P``,
+      mmdet's per-positive convention: AP50 6.4) *and* the margin: with margin 0 the classifier
+      tower's last features at positive anchors die (iteration 100-150: 97 % zeros, positives'
+      logits within 0.005 of the bias, tied with the hard negatives around them; the head only
+      pushes background down), AP50 13.2; with 0.15 they stay alive, AP50 21.3 (focal 14.8).
+    - The RoI box head needs the paper's gradient (balanced: gradient norm ~1000 within 200
+      iterations) *without* margin: from a fresh classifier (logits within a few hundredths) the
+      margin puts every positive below every negative, out of reach of the paper's small
+      perturbation (mAP 11.0 vs 19.5 with margin 0; cross-entropy 21.1).
 
     Unlike cross-entropy the loss is not a sum over samples: it needs every sample of the batch in
     one call. The RoI box head calls it once for all RoIs; dense heads need an all-levels head
@@ -128,6 +143,40 @@ class RaMBOAPLoss(nn.Module):
       Under the global batch the ranks first exchange a status flag, so every rank raises
       (naming the rank(s) at fault) instead of leaving the others waiting in the gather.
 
+    **Score calibration** (``calibration``). The loss trains only the order of the logits, so
+    ``sigmoid(logit)`` is not a probability (a trained box head scores nearly every box 0.4-0.65).
+    With ``calibration='global'`` (default) the loss also learns a monotone map ``a * logit + b``
+    (``a > 0``) by logistic regression (binary cross-entropy) on *detached* logits during
+    training, and ``get_activation`` (the test-time scores of box heads and of
+    ``RaMBORetinaHead``) returns ``sigmoid(a * logit + b)``. What the map is fitted on
+    (``calibration_source``):
+
+    - ``'ranked_rows'`` (default; RoI box heads): the rows the loss ranks, with their labels (a
+      row's own class 1, every other class 0; background rows 0 for every class; ignored rows
+      left out): ``p`` is the probability that a sampled RoI is a positive of the class;
+    - ``'detections'`` (dense heads, set by the shipped dense-head loss): the head's training
+      detections after its test-time post-processing, correct when they match a same-class
+      ground-truth box at IoU >= 0.5 (an ``AllLevelsClsLossMixin`` head passes them through
+      :meth:`update_calibration_from_detections`); whether an anchor is a positive is a much
+      rarer event than whether a detection after NMS is correct.
+
+    ``(a, b)`` are buffers (``calib_scale``, ``calib_bias``, ``calib_updates``: saved in
+    checkpoints, not touched by the optimizer, weight decay or gradient clipping). Each training
+    call (every ``calibration_interval``-th) moves them by ``calibration_rate`` towards one safeguarded Newton step of the BCE on
+    that call's entries (:func:`rambo_mmdet.calibration.logistic_fit_step`; sums all-reduced
+    under the global batch, so every rank holds the same map): a moving fit over the last
+    ~1/rate batches, from ``a = 1, b = 0``. No gradient reaches the network: training is exactly
+    the same with calibration on or off. One map for all classes keeps the order of every pair
+    of scores, within and across classes, so the detections (top-k, NMS, ``max_per_img``) and AP
+    are unchanged (scores are computed in float64, so the map creates no ties);
+    ``'per_class'`` (needs ``num_classes``) keeps the order within each class only.
+    ``calibration=None`` turns it off (scores ``sigmoid(logit)``; calibration keys of a
+    checkpoint are then ignored). A checkpoint without the keys loads with the identity map.
+    Rows used per call (``'ranked_rows'``): all when at most ``calibration_max_rows``, else every
+    positive row and evenly spaced negative rows, weighted by their inverse sampling rate (no
+    random numbers are drawn, so the training's random state is the same with calibration on or
+    off).
+
     ``name`` appears in every error message. :func:`name_ranking_losses` (or the
     ``NameRankingLossesHook`` of :mod:`rambo_mmdet.hooks`) sets it to the module path of the loss
     in the model, e.g. ``roi_head.bbox_head.loss_cls (RaMBOAPLoss)``.
@@ -139,8 +188,9 @@ class RaMBOAPLoss(nn.Module):
             ``'paper'`` mode).
         lambda_val (float, optional): blackbox interpolation strength λ. Default: the mode's
             (0.5 in every mode).
-        margin (float, optional): margin α: positives must outscore negatives by α. Default:
-            the mode's (0.15 in ``'paper'``, 0 otherwise).
+        margin (float, optional): margin α: positives must outscore negatives by α, with either
+            gradient. Default: the mode's (0.15 with the balanced gradient and in ``'paper'``; 0
+            with the paper's gradient in ``'auto'``).
         memory_batches (int): τ, past batches kept in the score memory (0: none). Default 7.
         memory_max_rows (int): rows kept per remembered batch (positives first, then the
             highest-scoring negatives). Default 4096. Under the global batch a remembered batch is
@@ -155,6 +205,19 @@ class RaMBOAPLoss(nn.Module):
         scale_grad_by_world_size (bool): under the global batch, multiply the score gradient by
             the world size to undo DDP's gradient averaging (see above). Default True.
         name (str): name used in error messages (e.g. the head that owns the loss).
+        calibration (str, optional): ``'global'`` (default), ``'per_class'`` or None (off):
+            the learned logit map of the inference scores (see *Score calibration*).
+        num_classes (int, optional): number of classes; needed by ``'per_class'``.
+        calibration_rate (float): step of the calibration's Newton update per training call,
+            in (0, 1]. Default 0.05.
+        calibration_max_rows (int): rows used by one calibration update (see above). Default
+            8192.
+        calibration_source (str): ``'ranked_rows'`` (default) or ``'detections'`` (see above).
+        calibration_interval (int, optional): update the map every this many training calls.
+            Default: 1 for ``'ranked_rows'`` (a few passes over at most
+            ``calibration_max_rows`` rows), 8 for ``'detections'`` (the head's post-processing
+            of a batch: measured ~85 ms CPU per batch of 4 on the RetinaNet twin, ~25 % of an
+            iteration; every 8th: ~3 %).
     """
 
     #: Tells heads that the loss ranks, so it needs all samples in one call.
@@ -180,12 +243,20 @@ class RaMBOAPLoss(nn.Module):
                  loss_weight: float = 1.0,
                  global_batch='auto',
                  scale_grad_by_world_size: bool = True,
-                 name: str = 'RaMBOAPLoss') -> None:
+                 name: str = 'RaMBOAPLoss',
+                 calibration: Optional[str] = 'global',
+                 num_classes: Optional[int] = None,
+                 calibration_rate: float = 0.05,
+                 calibration_max_rows: int = 8192,
+                 calibration_source: str = 'ranked_rows',
+                 calibration_interval: Optional[int] = None) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f'{name}: mode must be one of {tuple(MODES)}, got {mode!r}')
         defaults = MODES[mode]
         lambda_val = defaults['lambda_val'] if lambda_val is None else lambda_val
+        # an explicit margin applies with either gradient; the mode's default depends on it
+        balanced_margin = defaults['balanced_margin'] if margin is None else margin
         margin = defaults['margin'] if margin is None else margin
         if mode == 'paper' and balanced_gain is not None:
             raise ValueError(f"{name}: balanced_gain does not apply to mode='paper' (the paper's "
@@ -217,6 +288,7 @@ class RaMBOAPLoss(nn.Module):
         self.balanced_below = defaults['balanced_below']
         self.lambda_val = float(lambda_val)
         self.margin = float(margin)
+        self.balanced_margin = float(balanced_margin)
         self.interclass_weight = float(interclass_weight)
         self.score_activation = score_activation
         self.loss_weight = float(loss_weight)
@@ -224,6 +296,150 @@ class RaMBOAPLoss(nn.Module):
         self.scale_grad_by_world_size = bool(scale_grad_by_world_size)
         self.name = name
         self.memory = ScoreMemory(memory_batches, memory_max_rows)
+        self._init_calibration(calibration, num_classes, calibration_rate, calibration_max_rows)
+        if calibration_source not in _CALIBRATION_SOURCES:
+            raise ValueError(f'{name}: calibration_source must be one of {_CALIBRATION_SOURCES}, '
+                             f'got {calibration_source!r}')
+        self.calibration_source = calibration_source
+        if calibration_interval is None:
+            calibration_interval = 8 if calibration_source == 'detections' else 1
+        if not isinstance(calibration_interval, int) or calibration_interval < 1:
+            raise ValueError(f'{name}: calibration_interval must be a positive int, got '
+                             f'{calibration_interval!r}')
+        self.calibration_interval = calibration_interval
+        self._calibration_calls = 0
+
+    # ------------------------------------------------------------------ score calibration
+    def _init_calibration(self, calibration, num_classes, rate, max_rows) -> None:
+        name = self.name
+        if calibration is False:
+            calibration = None
+        if calibration is not None and calibration not in CALIBRATION_MODES:
+            raise ValueError(f'{name}: calibration must be one of {CALIBRATION_MODES} or None, '
+                             f'got {calibration!r}')
+        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+            raise ValueError(f'{name}: num_classes must be a positive int, got {num_classes!r}')
+        if calibration == 'per_class' and num_classes is None:
+            raise ValueError(f"{name}: calibration='per_class' needs num_classes")
+        if not 0.0 < rate <= 1.0:
+            raise ValueError(f'{name}: calibration_rate must be in (0, 1], got {rate}')
+        if int(max_rows) < 1:
+            raise ValueError(f'{name}: calibration_max_rows must be >= 1, got {max_rows}')
+        self.calibration = calibration
+        self.num_classes = num_classes
+        self.calibration_rate = float(rate)
+        self.calibration_max_rows = int(max_rows)
+        if calibration is None:
+            return
+        shape = (num_classes, ) if calibration == 'per_class' else ()
+        self.register_buffer('calib_scale', torch.ones(shape))
+        self.register_buffer('calib_bias', torch.zeros(shape))
+        self.register_buffer('calib_updates', torch.zeros((), dtype=torch.int64))
+
+    @torch.no_grad()
+    def _update_calibration(self, cls_score: Tensor, labels: Tensor,
+                            label_weights: Optional[Tensor], use_global: bool) -> None:
+        """One calibration step on this call's valid rows (``calibration_source='ranked_rows'``):
+        targets are the labels (a row's own class 1, other classes and background rows 0)."""
+        num_rows, num_classes = cls_score.shape
+        if self.calibration == 'per_class' and num_classes != self.num_classes:
+            raise ValueError(f'{self.name}: per_class calibration of {self.num_classes} classes, '
+                             f'got scores with {num_classes} columns')
+        rows = torch.arange(num_rows, device=cls_score.device)
+        if label_weights is not None:
+            keep = (label_weights if label_weights.dim() == 1 else
+                    label_weights.flatten(1).amax(dim=1)) > 0
+            rows = rows[keep]
+        positive = labels[rows] < num_classes
+        row_weights = None
+        if rows.numel() > self.calibration_max_rows:
+            pos_rows, neg_rows = rows[positive], rows[~positive]
+            room = max(self.calibration_max_rows - pos_rows.numel(), 1)
+            stride = -(-neg_rows.numel() // room)  # ceil
+            kept_neg = neg_rows[::stride]
+            rows = torch.cat([pos_rows, kept_neg])
+            row_weights = torch.cat([
+                torch.ones(pos_rows.numel(), device=rows.device),
+                torch.full((kept_neg.numel(), ), neg_rows.numel() / max(kept_neg.numel(), 1),
+                           device=rows.device)])
+        logits = cls_score.detach()[rows]
+        targets = labels[rows][:, None] == torch.arange(num_classes, device=labels.device)
+        self._calibration_step(logits, targets, row_weights, use_global)
+
+    def calibration_due(self) -> bool:
+        """Whether this training call updates the map (every ``calibration_interval``-th call;
+        counts the call)."""
+        due = self._calibration_calls % self.calibration_interval == 0
+        self._calibration_calls += 1
+        return due
+
+    @torch.no_grad()
+    def update_calibration_from_detections(self, logits: Tensor, labels: Tensor,
+                                           correct: Tensor) -> None:
+        """One calibration step on detections (``calibration_source='detections'``): ``[D]``
+        raw logits of the detections' own classes, their ``labels`` and whether each is correct
+        (see :func:`rambo_mmdet.calibration.match_detections`). Called by the dense heads of
+        :mod:`rambo_mmdet.models.dense_heads` on their training predictions."""
+        if self.calibration is None:
+            return
+        use_global = resolve_global_batch(self.global_batch)
+        logits, correct = logits.detach().reshape(-1), correct.reshape(-1)
+        if self.calibration == 'per_class':  # each detection fits its own class's map only
+            columns = torch.nn.functional.one_hot(labels.reshape(-1).long(), self.num_classes)
+            self._calibration_step(logits[:, None] * columns, correct[:, None] & columns.bool(),
+                                   columns, use_global)
+        else:
+            self._calibration_step(logits[:, None], correct[:, None], None, use_global)
+
+    def _calibration_step(self, logits: Tensor, targets: Tensor, weights: Optional[Tensor],
+                          use_global: bool) -> None:
+        """Move the map by ``calibration_rate`` towards one safeguarded Newton step of the BCE
+        on these entries (sums all-reduced over the ranks under the global batch)."""
+        reduce = None
+        if use_global and is_distributed():
+            def reduce(tensor):
+                torch.distributed.all_reduce(tensor)
+                return tensor
+        scale, bias, _ = logistic_fit_step(logits, targets, self.calib_scale, self.calib_bias,
+                                           weights, per_class=self.calibration == 'per_class',
+                                           reduce=reduce)
+        rate = self.calibration_rate
+        self.calib_scale.copy_(self.calib_scale + rate * (scale.float() - self.calib_scale))
+        self.calib_bias.copy_(self.calib_bias + rate * (bias.float() - self.calib_bias))
+        self.calib_updates += 1
+
+    @contextlib.contextmanager
+    def identity_calibration(self):
+        """Within the context, ``get_activation`` returns ``sigmoid(logits)`` (the raw logits'
+        scores; used to collect detections with their logits)."""
+        previous = getattr(self, '_identity', False)
+        self._identity = True
+        try:
+            yield self
+        finally:
+            self._identity = previous
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        """Checkpoints saved without calibration load with the identity map (``a = 1, b = 0``);
+        with calibration off, a checkpoint's calibration keys are ignored; a global map loads
+        into a per-class one as the same map for every class."""
+        keys = {name: prefix + name for name in _CALIBRATION_BUFFERS}
+        if self.calibration is None:
+            for key in keys.values():
+                state_dict.pop(key, None)
+        else:
+            identity = dict(calib_scale=torch.ones_like(self.calib_scale),
+                            calib_bias=torch.zeros_like(self.calib_bias),
+                            calib_updates=torch.zeros_like(self.calib_updates))
+            for name, key in keys.items():
+                if key not in state_dict:
+                    state_dict[key] = identity[name]
+                elif (name != 'calib_updates' and state_dict[key].numel() == 1
+                      and state_dict[key].shape != identity[name].shape):
+                    state_dict[key] = state_dict[key].reshape(()).expand_as(identity[name]).clone()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     # ------------------------------------------------------------------ mmdet box-head hooks
     def get_cls_channels(self, num_classes: int) -> int:
@@ -231,8 +447,17 @@ class RaMBOAPLoss(nn.Module):
         return num_classes
 
     def get_activation(self, cls_score: Tensor) -> Tensor:
-        """``[N, C]`` logits -> ``[N, C + 1]`` scores: sigmoid, plus a zero background column."""
-        scores = cls_score.sigmoid()
+        """``[N, C]`` logits -> ``[N, C + 1]`` scores: sigmoid of the calibrated logits (the
+        logits themselves with ``calibration=None``), plus a zero background column."""
+        if (self.calibration is None or getattr(self, '_identity', False)
+                or bool((self.calib_scale == 1).all() & (self.calib_bias == 0).all())):
+            scores = cls_score.sigmoid()  # bit-identical to the scores before calibration
+        else:
+            # in float64: float32 rounding of a * logit (+ b) could merge neighbouring logits
+            # into ties (e.g. logits near -4 times a = 10: the product's float32 spacing exceeds
+            # the scaled spacing of the logits), and ties reorder NMS / top-k selections
+            scores = calibrate_logits(cls_score.double(), self.calib_scale.double(),
+                                      self.calib_bias.double()).sigmoid().to(cls_score.dtype)
         return torch.cat([scores, scores.new_zeros(scores.shape[0], 1)], dim=1)
 
     def get_accuracy(self, cls_score: Tensor, labels: Tensor) -> Dict[str, Tensor]:
@@ -303,7 +528,17 @@ class RaMBOAPLoss(nn.Module):
             raise ValueError(problem)
 
         with _no_autocast(cls_score.device):
-            return self._loss(cls_score, labels, label_weights, use_global, problem)
+            loss = self._loss(cls_score, labels, label_weights, use_global, problem)
+            if self.calibration is not None and self.training:
+                if self.calibration_source == 'ranked_rows':
+                    if self.calibration_due():
+                        self._update_calibration(cls_score, labels, label_weights, use_global)
+                elif not getattr(self, 'detections_from_head', False):
+                    raise ValueError(
+                        f"{self.name}: calibration_source='detections' needs a head that passes "
+                        f'its training detections to the loss (RaMBORetinaHead, RaMBORPNHead, '
+                        f"AllLevelsClsLossMixin heads); use 'ranked_rows' here")
+        return loss
 
     def _loss(self, cls_score: Tensor, labels: Tensor, label_weights: Optional[Tensor],
               use_global: bool, problem: Optional[str]) -> Tensor:
@@ -336,7 +571,8 @@ class RaMBOAPLoss(nn.Module):
             memory=memory,
             lambda_val=self.lambda_val, margin=self.margin,
             interclass_weight=self.interclass_weight, grad_scale=grad_scale,
-            balanced_gain=self.balanced_gain, balanced_below=self.balanced_below)
+            balanced_gain=self.balanced_gain, balanced_below=self.balanced_below,
+            balanced_margin=self.balanced_margin)
         if self.record_stats:
             self._record_stats(scores, labels, valid, excluded, memory, loss)
         if remember:
@@ -379,10 +615,14 @@ class RaMBOAPLoss(nn.Module):
         beta, total = self.interclass_weight, loss.detach().float()
         apc_loss = total
         if 0 < beta < 1:
+            # the memory only decides the gradient regime (and so the margin) as in the loss
+            # call; L_APC does not rank it
             apc_loss = detection_ap_loss(
                 values, labels,
-                excluded_rows=excluded,
-                lambda_val=self.lambda_val, margin=self.margin, interclass_weight=1.0)
+                excluded_rows=excluded, memory=memory,
+                lambda_val=self.lambda_val, margin=self.margin, interclass_weight=1.0,
+                balanced_gain=self.balanced_gain, balanced_below=self.balanced_below,
+                balanced_margin=self.balanced_margin)
         if beta > 0:
             stats['ap_apc'] = torch.where(num_pos > 0, 1 - apc_loss, nan)
         if beta < 1:
@@ -427,10 +667,11 @@ class RaMBOAPLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f'mode={self.mode!r}, lambda_val={self.lambda_val}, margin={self.margin}, '
+                f'balanced_margin={self.balanced_margin}, '
                 f'balanced_gain={self.balanced_gain}, '
                 f'interclass_weight={self.interclass_weight:.4g}, '
                 f'score_activation={self.score_activation!r}, loss_weight={self.loss_weight}, '
-                f'global_batch={self.global_batch!r}')
+                f'global_batch={self.global_batch!r}, calibration={self.calibration!r}')
 
 
 def name_ranking_losses(model: nn.Module) -> Dict[str, str]:
