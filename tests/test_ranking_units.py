@@ -22,7 +22,8 @@ import threading
 
 import pytest
 import torch
-from ranking_oracle import loop_ranks, loop_ranks_among_positives, oracle_map_loss, rank_units
+from ranking_oracle import (loop_ranks, loop_ranks_among_positives, oracle_detection_loss,
+                            oracle_map_loss, rank_units)
 
 import rambo_mmdet.ranking.distributed as distributed
 from rambo_mmdet.ranking.counting import contains
@@ -675,3 +676,141 @@ def test_check_scores_names_the_input_and_refuses_non_float():
     scores[4, 1] = float('nan')
     with pytest.raises(ValueError, match=r'^scores contains 1 NaN/Inf value\(s\)'):
         check_scores(scores)
+
+
+class _Ctx:
+    """A bare autograd context, to call the Function's forward and backward directly."""
+
+    def mark_non_differentiable(self, *tensors):
+        pass
+
+
+@pytest.mark.parametrize('forced', ['sparse', 'dense'])
+@pytest.mark.parametrize('balanced', [False, True])
+def test_blackbox_backward_allocates_on_the_inputs_device(forced, balanced, monkeypatch):
+    """The same for the backward, called directly: autograd runs a backward without the
+    default-device mode of the forward, so ``loss.backward()`` alone would not notice."""
+    import rambo_mmdet.ranking.blackbox as blackbox
+
+    monkeypatch.setattr(blackbox, 'DENSE_FRACTION', 0.0 if forced == 'dense' else float('inf'))
+    scores, positive = problem(4, n=30, groups=3)
+    scores = (scores * 4).round() / 8
+    flat = positive.reshape(-1).nonzero().squeeze(1)
+    memory = (scores[:4] + 0.125, torch.tensor([[True, False, False]] * 4))
+    flat = torch.cat([flat, scores.numel() + memory[1].reshape(-1).nonzero().squeeze(1)])
+    problems = [RankingProblem(3, PositiveSet.from_flat_index(flat, 3), torch.tensor([2, 5]),
+                               memory[0], 10.0 if balanced else None),
+                RankingProblem(1, PositiveSet.from_flat_index(positive.reshape(-1).nonzero()
+                                                              .squeeze(1), 1))]
+    grad_scale = GradScale()
+    grad_scale.value = torch.tensor(2.0)
+
+    def run():
+        ctx = _Ctx()
+        outputs = blackbox.BlackboxPositiveRanks.forward(ctx, scores, problems, 0.5, 0.25,
+                                                         grad_scale)
+        upstream = [torch.full_like(o, 3.0) for o in outputs]
+        return blackbox.BlackboxPositiveRanks.backward(ctx, *upstream)[0]
+
+    expected = run()
+    with torch.device('meta'):
+        got = run()
+    assert expected.abs().sum() > 0
+    assert got.device.type == 'cpu' and torch.equal(got, expected)
+
+
+def test_results_do_not_depend_on_the_default_dtype():
+    """float32 scores rank and get float32 gradients whatever ``torch.get_default_dtype()``:
+    no buffer is created in the default dtype and then mixed with float32 ones."""
+    scores, positive = problem(5, n=30, groups=3)
+    scores = (scores * 4).round() / 8
+    labels = torch.where(positive[:, 0], torch.arange(30) % 3, 3)
+    memory = (scores[:5] + 0.125, torch.tensor([0, 3, 1, 3, 3]))
+    calls = [lambda x: detection_ap_loss(x, labels, torch.tensor([4]), memory),
+             lambda x: detection_ap_loss(x, labels, torch.tensor([4]), memory, balanced_gain=10.0),
+             lambda x: mean_ap_loss(x, positive, 0.5, 0.25),
+             lambda x: recall_loss(x, positive, 0.5, 0.25)]
+    expected = [loss_and_grad(call, scores) for call in calls]
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = [loss_and_grad(call, scores) for call in calls]
+    finally:
+        torch.set_default_dtype(default)
+    for (loss, grad), (ref_loss, ref_grad) in zip(got, expected):
+        assert loss.dtype == grad.dtype == torch.float32
+        assert torch.equal(loss, ref_loss) and torch.equal(grad, ref_grad)
+
+
+# ----------------------------------------------------------------------------------------------
+# rank_problems: default margin, argument checks, single use of the backward
+
+
+def test_rank_problems_default_margin_is_zero_and_checked():
+    scores, positive = problem(6)
+    problems = [RankingProblem(3, PositiveSet.from_mask(positive))]
+    for (rank, among), (ref_rank, ref_among) in zip(rank_problems(scores, problems, 0.5),
+                                                    rank_problems(scores, problems, 0.5, 0.0)):
+        assert torch.equal(rank, ref_rank) and torch.equal(among, ref_among)
+    assert not torch.equal(rank_problems(scores, problems, 0.5, 1.0)[0][0], ref_rank)
+    with pytest.raises(ValueError, match=r'^margin must be >= 0, got -0\.1$'):
+        rank_problems(scores, problems, 0.5, -0.1)
+    with pytest.raises(ValueError, match=r'^lambda_val must be > 0, got 0$'):
+        rank_problems(scores, problems, 0)
+
+
+def test_a_second_backward_through_the_ranker_raises():
+    """The blackbox backward frees its state: backpropagating twice through the same graph
+    (``retain_graph=True``) must fail loudly, never return a silent zero gradient."""
+    scores, positive = problem(7)
+    x = scores.clone().requires_grad_()
+    loss = mean_ap_loss(x, positive, 0.5, 0.0)
+    loss.backward(retain_graph=True)
+    assert x.grad.abs().sum() > 0
+    with pytest.raises(Exception):
+        loss.backward()
+
+
+@pytest.mark.parametrize('rows', [0, 1])
+def test_tiny_batches_ranked_with_a_memory_equal_the_oracle(rows):
+    """A batch of 0 or 1 rows (one class) ranked with remembered rows: the memory block is read
+    where the batch ends, whatever the batch's size."""
+    scores = torch.tensor([[0.25]])[:rows]
+    labels = torch.tensor([0])[:rows]
+    memory = (torch.tensor([[0.5], [0.0], [0.375]]), torch.tensor([1, 0, 1]))
+    x = scores.clone().requires_grad_()
+    loss = detection_ap_loss(x, labels, None, memory, 0.5, 0.0, 1 / 3)
+    loss.backward()
+    y = scores.clone().requires_grad_()
+    expected = oracle_detection_loss(y, labels, memory, 0.5, 0.0, 1 / 3)
+    assert torch.allclose(loss, expected.float(), atol=1e-6)
+    if rows:
+        expected.backward()
+        assert torch.allclose(x.grad, y.grad.float(), atol=1e-6)
+
+
+@pytest.mark.parametrize('forced', ['sparse', 'dense'])
+def test_a_non_contiguous_constant_block_ranks_like_a_contiguous_one(forced, monkeypatch):
+    import rambo_mmdet.ranking.blackbox as blackbox
+
+    monkeypatch.setattr(blackbox, 'DENSE_FRACTION', 0.0 if forced == 'dense' else float('inf'))
+    scores, positive = problem(8, n=12, groups=3)
+    block = torch.tensor([[0.3, -1.0, 2.0, 0.1], [0.0, 0.5, -0.2, 1.5], [1.0, 0.2, 0.4, -0.3]])
+    constant = block.t()  # [4, 3], not contiguous
+    assert not constant.is_contiguous()
+    flat = torch.cat([positive.reshape(-1).nonzero().squeeze(1),
+                      scores.numel() + torch.tensor([0, 4, 8])])  # a remembered positive per group
+    results = []
+    for const in (constant, constant.contiguous()):
+        x = scores.clone().requires_grad_()
+        problems = [RankingProblem(3, PositiveSet.from_flat_index(flat, 3), None, const)]
+        (rank, among), = rank_problems(x, problems, 0.5, 0.0)
+        (1 - among / rank).sum().backward()
+        results.append((rank.detach(), x.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_positive_set_without_positives():
+    empty = PositiveSet.from_mask(torch.zeros(5, 3, dtype=torch.bool))
+    assert empty.max_count == 0 and empty.flat_index.numel() == 0
+    assert empty.group_start.tolist() == empty.group_end.tolist() == [0, 0, 0]
