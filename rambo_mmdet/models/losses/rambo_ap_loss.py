@@ -37,6 +37,13 @@ _CALIBRATION_BUFFERS = ('calib_scale', 'calib_bias', 'calib_updates')
 _CALIBRATION_SOURCES = ('ranked_rows', 'detections')
 
 
+def _kept_rows(label_weights: Tensor) -> Tensor:
+    """``[N]`` bool: the rows a ``[N]`` (or ``[N, C]``, reduced per row) label weight keeps
+    (weight > 0); the others are ignored samples."""
+    weights = label_weights if label_weights.dim() == 1 else label_weights.flatten(1).amax(dim=1)
+    return weights > 0
+
+
 def _no_autocast(device: torch.device):
     """A context that switches autocast off on ``device`` (the loss computes in float32)."""
     if torch.amp.is_autocast_available(device.type):
@@ -347,9 +354,7 @@ class RaMBOAPLoss(nn.Module):
                              f'got scores with {num_classes} columns')
         rows = torch.arange(num_rows, device=cls_score.device)
         if label_weights is not None:
-            keep = (label_weights if label_weights.dim() == 1 else
-                    label_weights.flatten(1).amax(dim=1)) > 0
-            rows = rows[keep]
+            rows = rows[_kept_rows(label_weights)]
         positive = labels[rows] < num_classes
         row_weights = None
         if rows.numel() > self.calibration_max_rows:
@@ -547,8 +552,7 @@ class RaMBOAPLoss(nn.Module):
         scores, labels = cls_score.float(), labels.long()
         valid = None
         if label_weights is not None:
-            keep = (label_weights if label_weights.dim() == 1 else
-                    label_weights.flatten(1).amax(dim=1)) > 0
+            keep = _kept_rows(label_weights)
             if not bool(keep.all()):
                 valid = keep
         if self.score_activation == 'sigmoid':
