@@ -6,8 +6,9 @@ training starts, so that an error raised inside the loss says which head it belo
     ValueError: roi_head.bbox_head.loss_cls (RaMBOAPLoss): cls_score contains 3 NaN/Inf value(s)...
 
 :class:`RankingLossStatsHook` logs, at the logger interval, what each ranking loss sees: the
-training AP of each term, the fraction of scores that got a gradient and the score spread of
-positives and negatives (text log, ``scalars.json``, TensorBoard)::
+training AP of each term, the fraction of scores that got a gradient, the score spread of
+positives and negatives and, for a loss with score calibration, its learned map ``(a, b)``
+(text log, ``scalars.json``, TensorBoard)::
 
     Iter(train) [20/800] ... roi_head.bbox_head/ap_map: 0.3120  roi_head.bbox_head/ap_apc: 0.2051
     roi_head.bbox_head/grad_frac: 0.3571  roi_head.bbox_head/pos_mean: 0.4410 ...
@@ -27,7 +28,8 @@ from mmdet.registry import HOOKS
 
 from .models.losses.rambo_ap_loss import name_ranking_losses
 
-__all__ = ['NameRankingLossesHook', 'RankingLossStatsHook', 'ranking_loss_stat_prefixes']
+__all__ = ['NameRankingLossesHook', 'RankingLossStatsHook', 'calibration_keys',
+           'ranking_loss_stat_prefixes']
 
 
 @HOOKS.register_module()
@@ -48,6 +50,17 @@ class NameRankingLossesHook(Hook):
 
 #: Statistics a ranking loss records (see ``RaMBOAPLoss._record_stats``), in log order.
 STATS = ('ap_map', 'ap_apc', 'grad_frac', 'pos_mean', 'pos_std', 'neg_mean', 'neg_std')
+
+
+def calibration_keys(loss) -> Dict[str, str]:
+    """``{key: buffer}`` of the score-calibration map of ``loss`` that the stats hook logs:
+    ``calib_scale``, ``calib_bias`` (``calibration='global'``: the map itself), or
+    ``calib_scale_mean``, ``calib_bias_mean`` (``'per_class'``: means over the classes); ``{}``
+    for a loss without calibration (``calibration=None``, or no such attribute)."""
+    if getattr(loss, 'calibration', None) is None or not hasattr(loss, 'calib_scale'):
+        return {}
+    suffix = '_mean' if loss.calib_scale.dim() > 0 else ''
+    return {f'calib_scale{suffix}': 'calib_scale', f'calib_bias{suffix}': 'calib_bias'}
 
 
 def ranking_loss_stat_prefixes(model) -> Dict[str, object]:
@@ -89,25 +102,33 @@ class RankingLossStatsHook(Hook):
     - ``grad_frac``: fraction of the live scores (valid rows x classes) whose gradient was
       non-zero in that iteration's backward (0: the head does not learn from the loss);
     - ``pos_mean``, ``pos_std``, ``neg_mean``, ``neg_std``: mean and std of the ranked scores
-      (logits) of the positive and of the negative entries.
+      (logits) of the positive and of the negative entries;
+    - ``calib_scale``, ``calib_bias``: the loss's score-calibration map ``(a, b)`` of
+      ``sigmoid(a * logit + b)`` after the iteration (``calibration='global'``); with
+      ``'per_class'`` their means over the classes, ``calib_scale_mean``, ``calib_bias_mean``.
+      Nothing for a loss with ``calibration=None`` (see :func:`calibration_keys`).
 
     mmengine's ``LogProcessor`` takes every ``train/`` scalar into the log line, ``scalars.json``
     and the visualiser backends (TensorBoard) with the value of its last update. Values that are
     undefined in that iteration (no positive in the batch: ``ap_apc``, ``pos_*``) are skipped.
 
     Cost: only the logged iterations record (one extra ranking of the scores for ``ap_apc`` and a
-    few passes over them); the floats are read once per interval (one host sync per loss).
+    few passes over them); the floats, the calibration map's included, are read once per
+    interval (one host sync per loss).
 
     Args:
         interval (int, optional): record every ``interval`` iterations. Default: the interval of
             the runner's ``LoggerHook``, and exactly the iterations it logs (end of epoch
             included), so every log line carries the statistics of its own iteration.
         stats (sequence of str): which statistics to log (default: all of :data:`STATS`).
+        calibration (bool): also log the calibration map of the losses that have one
+            (default True).
     """
 
     priority = 'NORMAL'  # after_train_iter before the LoggerHook's (BELOW_NORMAL)
 
-    def __init__(self, interval: Optional[int] = None, stats: Sequence[str] = STATS) -> None:
+    def __init__(self, interval: Optional[int] = None, stats: Sequence[str] = STATS,
+                 calibration: bool = True) -> None:
         if interval is not None and (not isinstance(interval, int) or interval < 1):
             raise ValueError(f'RankingLossStatsHook: interval must be a positive int or None, '
                              f'got {interval!r}')
@@ -116,6 +137,7 @@ class RankingLossStatsHook(Hook):
             raise ValueError(f'RankingLossStatsHook: unknown stats {unknown}; choose from {STATS}')
         self.interval = interval
         self.stats = tuple(stats)
+        self.calibration = bool(calibration)
         self._losses: Dict[str, object] = {}
         self._logger_hook: Optional[LoggerHook] = None
         self._recording = False
@@ -128,10 +150,14 @@ class RankingLossStatsHook(Hook):
                              'an interval')
         if self._losses:
             runner.logger.info('RankingLossStatsHook: logging ' + ', '.join(
-                f'{prefix}/{{{",".join(self.stats)}}}' for prefix in self._losses))
+                f'{prefix}/{{{",".join(self.stats + tuple(self._calibration_keys(loss)))}}}'
+                for prefix, loss in self._losses.items()))
         else:
             runner.logger.warning('RankingLossStatsHook: the model has no ranking loss that '
                                   'records statistics; nothing will be logged')
+
+    def _calibration_keys(self, loss) -> Dict[str, str]:
+        return calibration_keys(loss) if self.calibration else {}
 
     def _logs_this_iter(self, runner, batch_idx: int) -> bool:
         if self.interval is not None:
@@ -152,11 +178,15 @@ class RankingLossStatsHook(Hook):
         for prefix, loss in self._losses.items():
             recorded = loss.stats or {}
             names = [name for name in self.stats if name in recorded]
+            tensors = [recorded[name].float() for name in names]
             loss.record_stats, loss.stats = False, None
+            for key, buffer in self._calibration_keys(loss).items():  # the map after the step
+                names.append(key)
+                tensors.append(getattr(loss, buffer).detach().float().mean())
             if not names:
                 continue
             # one host transfer per loss, once per interval
-            values = torch.stack([recorded[name].float() for name in names]).tolist()
+            values = torch.stack(tensors).tolist()
             for name, value in zip(names, values):
                 if math.isfinite(value):
                     runner.message_hub.update_scalar(f'train/{prefix}/{name}', value)

@@ -4,6 +4,9 @@
   the loop oracle (memory, ignored rows, margin) and sklearn, the fraction of scores with a
   non-zero gradient against ``x.grad``, the score spread against ``torch.std``.
 * Recording is off by default and changes neither the loss nor its gradient.
+* The hook also logs each loss's calibration map (global: ``calib_scale``/``calib_bias``,
+  per class: their class means ``*_mean``) with the buffers' values, and nothing for a loss
+  with ``calibration=None``.
 * Key prefixes: module paths without the ``loss*`` component (mmengine averages keys with
   ``loss`` in them).
 * In a real mmengine Runner the hook records exactly on the iterations the LoggerHook logs (or
@@ -202,7 +205,72 @@ def test_hook_skips_undefined_values_and_resets_the_flag():
     assert not model.loss_cls.record_stats and model.loss_cls.stats is None
     logged = {k for k in hub.log_scalars if k.startswith('train/rank_cls/')}
     assert logged == {'train/rank_cls/grad_frac', 'train/rank_cls/neg_mean',
-                      'train/rank_cls/neg_std'}
+                      'train/rank_cls/neg_std',  # and the calibration map (always defined)
+                      'train/rank_cls/calib_scale', 'train/rank_cls/calib_bias'}
+
+
+# ------------------------------------------------------------------------- the calibration map
+def _hub_runner(model, name):
+    from mmengine.logging import MessageHub
+
+    hub = MessageHub.get_instance(name)
+    return SimpleNamespace(model=model, message_hub=hub, hooks=[], logger=None,
+                           train_dataloader=range(100))
+
+
+@pytest.mark.parametrize('calibration', ['global', 'per_class'])
+def test_hook_logs_the_calibration_map(calibration):
+    model = nn.Module()
+    model.head = nn.Module()
+    model.head.loss_cls = build_loss(memory_batches=0, calibration=calibration,
+                                     num_classes=NUM_CLASSES, calibration_rate=0.5)
+    loss_fn = model.head.loss_cls
+    runner = _hub_runner(model, f'test_hooks_calib_{calibration}')
+    hook = RankingLossStatsHook(interval=2)
+    hook._losses = ranking_loss_stat_prefixes(model)
+    suffix = '_mean' if calibration == 'per_class' else ''
+    keys = {f'train/head/calib_scale{suffix}': 'calib_scale',
+            f'train/head/calib_bias{suffix}': 'calib_bias'}
+    seen = []
+    for it in range(6):  # batch_idx 1, 3 and 5 are recorded
+        hook.before_train_iter(runner, it)
+        scores, labels = random_batch(10 + it)
+        loss_call(loss_fn, 3 * scores + 2 * one_hot(labels), labels)  # informative logits
+        hook.after_train_iter(runner, it)
+        scalars = runner.message_hub.log_scalars
+        assert {k for k in scalars if 'calib' in k} == (set(keys) if it else set()), it
+        for key, buffer in (keys.items() if it else ()):
+            count = len(scalars[key].data[0])
+            assert count == (it + 1) // 2, (it, key)  # updated on the recorded iterations only
+            if it % 2 == 1:  # the map after this iteration's update (the mean over the classes)
+                value = getattr(loss_fn, buffer)
+                assert value.dim() == (1 if calibration == 'per_class' else 0)
+                assert scalars[key].current() == pytest.approx(value.mean().item(), rel=1e-6)
+                seen.append((key, scalars[key].current()))
+    assert int(loss_fn.calib_updates) == 6  # the map is updated on every call, logged or not
+    # the map moved away from the identity, so the values compared above are not the defaults
+    assert not torch.allclose(loss_fn.calib_scale, torch.ones_like(loss_fn.calib_scale))
+    assert not torch.allclose(loss_fn.calib_bias, torch.zeros_like(loss_fn.calib_bias))
+    if calibration == 'per_class':  # the classes' maps differ: a mean, not one of them
+        assert loss_fn.calib_scale.unique().numel() == NUM_CLASSES
+    scale_values = [v for k, v in seen if 'scale' in k]
+    assert len(set(scale_values)) == 3  # a fresh value on each logged iteration
+
+
+@pytest.mark.parametrize('loss_calibration,hook_calibration', [(None, True), ('global', False)])
+def test_hook_logs_no_calibration_without_a_map(loss_calibration, hook_calibration):
+    model = nn.Module()
+    model.loss_cls = build_loss(memory_batches=0, calibration=loss_calibration)
+    assert (loss_calibration is None) == (not hasattr(model.loss_cls, 'calib_scale'))
+    runner = _hub_runner(model, f'test_hooks_no_calib_{loss_calibration}')
+    hook = RankingLossStatsHook(interval=1, calibration=hook_calibration)
+    hook._losses = ranking_loss_stat_prefixes(model)
+    hook.before_train_iter(runner, 0)
+    scores, labels = random_batch(8)
+    loss_call(model.loss_cls, scores, labels)
+    hook.after_train_iter(runner, 0)
+    logged = {k for k in runner.message_hub.log_scalars if k.startswith('train/rank_cls/')}
+    assert logged == {f'train/rank_cls/{name}' for name in STATS}
 
 
 # ------------------------------------------------------------------------- a real Runner
@@ -331,9 +399,20 @@ def test_runner_own_interval_and_selected_stats(tmp_path):
         tmp_path, max_iters=6, logger_interval=1,
         stats_hook=dict(type='RankingLossStatsHook', interval=2, stats=['ap_map', 'grad_frac']))
     assert model.recording == [False, True, False, True, False, True]
-    assert set(current[6]) == {'train/head/ap_map', 'train/head/grad_frac'}
-    assert [c for c, _ in current[6].values()] == [3, 3]
+    # the selected stats, and the calibration map of the loss (calibration='global')
+    assert set(current[6]) == {'train/head/ap_map', 'train/head/grad_frac',
+                               'train/head/calib_scale', 'train/head/calib_bias'}
+    assert [c for c, _ in current[6].values()] == [3, 3, 3, 3]
     assert [row['iter'] for row in rows if 'head/ap_map' in row] == [2, 3, 4, 5, 6]
+    # iteration 6 is the last: its logged map is the loss's final one, also in scalars.json
+    loss_fn = model.head.loss_cls
+    assert int(loss_fn.calib_updates) == 6
+    assert not torch.allclose(loss_fn.calib_scale, torch.ones(()))
+    last = [row for row in rows if row['iter'] == 6 and 'head/ap_map' in row][0]
+    for key in ('calib_scale', 'calib_bias'):
+        assert current[6][f'train/head/{key}'][1] == pytest.approx(
+            getattr(loss_fn, key).item(), rel=1e-6)
+        assert last[f'head/{key}'] == pytest.approx(getattr(loss_fn, key).item(), rel=1e-6)
 
 
 # ------------------------------------------------------------------------- a tiny detector
@@ -371,4 +450,6 @@ def test_tiny_faster_rcnn_logs_the_box_head_stats(tmp_path):
             assert f'roi_head.bbox_head/{name}' in row, (name, row)
         assert 0 <= row['roi_head.bbox_head/ap_apc'] <= 1
         assert 0 < row['roi_head.bbox_head/grad_frac'] <= 1
+        assert row['roi_head.bbox_head/calib_scale'] > 0  # calibration='global' (a > 0)
+        assert 'roi_head.bbox_head/calib_bias' in row
     assert 'roi_head.bbox_head/ap_map: ' in proc.stdout + proc.stderr

@@ -188,9 +188,17 @@ def set_map(loss, scale, bias):
 
 
 def fit_on_val(model, loss, cfg, args):
-    """Fit the map to the correctness of the validation split's detections (identity map)."""
+    """Fit the map to the correctness of the validation split's detections (identity map,
+    score_thr 0: the config's threshold, e.g. mmdet's 0.05, would cut off the low scores).
+    Returns ``(scale, bias, number of detections fitted)``."""
     set_map(loss, 1.0, 0.0)
-    images = collect(model, _loader(cfg, 'val', args.max_images))
+    _, test_cfg = _scoring(model)
+    config_thr = test_cfg.score_thr
+    test_cfg.score_thr = 0.0
+    try:
+        images = collect(model, _loader(cfg, 'val', args.max_images))
+    finally:
+        test_cfg.score_thr = config_thr
     labels = torch.cat([i['labels'] for i in images])
     logits = torch.logit(torch.cat([i['scores'] for i in images]).double(), eps=1e-12)
     correct = torch.cat([i['correct'] for i in images]).double()
@@ -202,7 +210,7 @@ def fit_on_val(model, loss, cfg, args):
             mine = labels == c
             if mine.any() and correct[mine].any() and not correct[mine].all():
                 scale[c], bias[c] = fit_logistic(logits[mine], correct[mine])
-    return scale, bias
+    return scale, bias, int(correct.numel())
 
 
 def fit_on_train(model, loss, cfg, args):
@@ -234,22 +242,25 @@ def main(argv=None):
     cfg, model = _build(args)
     loss, test_cfg = _scoring(model)
     learned = (loss.calib_scale.clone(), loss.calib_bias.clone(), int(loss.calib_updates))
+    fitted_on = None  # --fit val: the number of validation detections fitted
     if args.fit == 'val':
-        scale, bias = fit_on_val(model, loss, cfg, args)
+        scale, bias, fitted_on = fit_on_val(model, loss, cfg, args)
     elif args.fit == 'train':
         scale, bias = fit_on_train(model, loss, cfg, args)
     else:
         scale, bias = learned[0], learned[1]
     print(f'map ({args.fit}, {args.mode}): a = {scale.tolist()}, b = {bias.tolist()}  '
           f'(checkpoint: a = {learned[0].tolist()}, b = {learned[1].tolist()}, '
-          f'{learned[2]} training updates)')
+          f'{learned[2]} training updates)'
+          + (f'; fitted on {fitted_on} validation detections' if fitted_on is not None else ''))
 
     loader = _loader(cfg, args.split, args.max_images)
     dataset = loader.dataset
     report = dict(config=args.config, checkpoint=args.checkpoint, fit=args.fit, mode=args.mode,
                   split=args.split, scale=scale.tolist(), bias=bias.tolist(),
                   checkpoint_scale=learned[0].tolist(), checkpoint_bias=learned[1].tolist(),
-                  checkpoint_updates=learned[2], bins=args.bins, runs={})
+                  checkpoint_updates=learned[2], fit_detections=fitted_on, bins=args.bins,
+                  runs={})
     config_thr = float(test_cfg.score_thr)
     runs = [('uncalibrated@0', (1.0, 0.0), 0.0), ('calibrated@0', (scale, bias), 0.0)]
     runs += [(f'calibrated@{t:g}', (scale, bias), t) for t in args.score_thr]
@@ -293,6 +304,7 @@ def main(argv=None):
         ckpt.setdefault('meta', {})['calibration'] = dict(fit=args.fit, mode=args.mode,
                                                           scale=scale.tolist(),
                                                           bias=bias.tolist())
+        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
         torch.save(ckpt, args.out)
         print(f'wrote {args.out}')
     return 0

@@ -61,7 +61,8 @@ rambo_dense_head_loss = dict(
 # Training signals of every ranking loss in the model, logged at the logger interval like a loss
 # (text log, scalars.json, TensorBoard): training AP of each term (ap_map, ap_apc), the fraction
 # of scores with a non-zero gradient (grad_frac), and the logit spread of positives and negatives
-# (pos_mean/std, neg_mean/std). NameRankingLossesHook names each loss after its module path in
+# (pos_mean/std, neg_mean/std), plus the learned calibration map (calib_scale, calib_bias; their
+# class means with 'per_class'). NameRankingLossesHook names each loss after its module path in
 # error messages. Recording costs ~1.3-1.4x one loss call on the logged iterations only (~2 % of
 # the loss time at interval 20). A config that also inherits custom_hooks from another base must
 # merge the two lists itself (mmengine refuses duplicate keys among sibling bases).

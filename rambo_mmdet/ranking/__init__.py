@@ -2,7 +2,7 @@
 
 Imports nothing from mmdet or mmcv.
 """
-from .blackbox import (BlackboxPositiveRanks, GradScale, RankingProblem, rank_positives,
+from .blackbox import (STAGES, BlackboxPositiveRanks, GradScale, RankingProblem, rank_positives,
                        rank_problems, route_output_grad)
 from .counting import PositiveSet
 from .losses import (as_positive_set, average_precision_loss, check_scores, detection_ap_loss,
@@ -11,7 +11,8 @@ from .memory import ScoreMemory
 from .reference import ArgsortBlackboxRanks, argsort_ranks
 
 __all__ = [
-    'BlackboxPositiveRanks', 'GradScale', 'route_output_grad', 'RankingProblem', 'rank_problems', 'rank_positives', 'PositiveSet',
+    'BlackboxPositiveRanks', 'GradScale', 'route_output_grad', 'RankingProblem', 'rank_problems',
+    'rank_positives', 'STAGES', 'PositiveSet',
     'as_positive_set', 'average_precision_loss', 'check_scores', 'detection_ap_loss',
     'mean_ap_loss', 'recall_loss', 'ScoreMemory', 'ArgsortBlackboxRanks', 'argsort_ranks'
 ]

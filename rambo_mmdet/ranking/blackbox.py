@@ -28,16 +28,29 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
-from .counting import (PositiveSet, candidate_floor, crossing_bounds, dense_bin_index, dense_bins,
-                       local_to_bins, negative_candidates, negatives_above, place_dense,
-                       place_sparse, sort_positives, sparse_bins)
+from .counting import (CellGrid, PositiveSet, candidate_floor, cell_crossings, cells_above,
+                       cells_of, contains, negative_candidates, negatives_above, place_sparse,
+                       sort_positives, sparse_bins)
 
 __all__ = ['RankingProblem', 'GradScale', 'route_output_grad', 'BlackboxPositiveRanks',
-           'rank_problems', 'rank_positives', 'DENSE_FRACTION']
+           'rank_problems', 'rank_positives', 'DENSE_FRACTION', 'STAGES']
 
+#: Profiler scopes (``torch.profiler.record_function``; free when no profiler runs) of the
+#: ranker's stages, read by ``tools/benchmark_loss.py``: choosing the strategy (sorting the
+#: positives, the candidate floor, counting the survivors), filtering (sparse: gathering the
+#: candidate negatives; dense: the cells and their histogram), exact placement, the backward,
+#: and the score memory's reads and writes (:class:`~rambo_mmdet.ranking.memory.ScoreMemory`).
+STAGES = dict(select='rambo.select', filter='rambo.filter', place='rambo.place',
+              backward='rambo.backward', memory='rambo.memory')
 #: Above this fraction of surviving negatives, the dense strategy replaces the sparse one.
 DENSE_FRACTION = 0.25
+#: Dense strategy: cells per group ~ entries per group / ENTRIES_PER_CELL (a power of two, at
+#: most MAX_CELLS per group and MAX_TOTAL_CELLS over all groups, at least 2).
+ENTRIES_PER_CELL = 16
+MAX_CELLS = 1 << 18
+MAX_TOTAL_CELLS = 1 << 20
 
 
 class RankingProblem(NamedTuple):
@@ -141,25 +154,6 @@ class _Solver:
             self.excluded_flat = (self.excluded[:, None] * groups
                                   + torch.arange(groups, device=live.device)).view(-1)
 
-    def _scores_by_group(self) -> Tensor:
-        """``[G, rows]`` contiguous: live rows then constant rows (the dense layout)."""
-        blocks = [self.live] + ([] if self.problem.constant is None else [self.problem.constant])
-        if self.problem.num_groups == 1:
-            joined = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
-            return joined.view(1, -1)
-        return torch.cat([b.t() for b in blocks], dim=1) if len(blocks) > 1 \
-            else self.live.t().contiguous()
-
-    def _not_negative_positions(self, columns: int) -> Tensor:
-        """Positions in the dense ``[G, columns]`` layout of positives and excluded entries."""
-        groups = self.problem.num_groups
-        flat = self.problem.positives.flat_index
-        positions = (flat % groups) * columns + flat // groups
-        if self.excluded_flat is not None:
-            positions = torch.cat([positions, (self.excluded_flat % groups) * columns
-                                   + self.excluded_flat // groups])
-        return positions
-
     def _candidates(self, floor: Tensor, live_at_or_above: Optional[Tensor] = None) -> Tensor:
         positives = self.problem.positives
         index = negative_candidates(self.live, floor, 0, positives, self.excluded_flat,
@@ -184,80 +178,58 @@ class _Solver:
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         positives, groups = self.problem.positives, self.problem.num_groups
-        sorted_pos = sort_positives(self.pos_scores, positives)
-        self.rank_among = 1 + positives.group_end[positives.group] - sorted_pos.at_or_below
-        floor = candidate_floor(positives, self.pos_scores)
-        live_at_or_above = self.live >= floor
-        surviving = torch.count_nonzero(live_at_or_above)
-        if self.problem.constant is not None:
-            surviving = surviving + torch.count_nonzero(self.problem.constant >= floor)
-        self.dense = int(surviving) > DENSE_FRACTION * self.length * groups
+        with record_function(STAGES['select']):
+            sorted_pos = sort_positives(self.pos_scores, positives)
+            self.rank_among = 1 + positives.group_end[positives.group] - sorted_pos.at_or_below
+            floor = candidate_floor(positives, self.pos_scores)
+            live_at_or_above = self.live >= floor
+            surviving = torch.count_nonzero(live_at_or_above)
+            if self.problem.constant is not None:
+                surviving = surviving + torch.count_nonzero(self.problem.constant >= floor)
+            self.dense = int(surviving) > DENSE_FRACTION * self.length * groups
         if self.dense:
-            self.by_group = self._scores_by_group()
-            self.not_negative = self._not_negative_positions(self.by_group.shape[1])
-            self.sorted_pos = sorted_pos
-            self.binned = dense_bin_index(
-                positives, place_dense(sorted_pos, positives, self.pos_scores, self.by_group))
-            bins = self.bins = dense_bins(sorted_pos, positives, self.binned, self.not_negative)
+            bins = self._dense_forward(sorted_pos)
         else:
-            self.neg_index = self._candidates(floor, live_at_or_above)
-            self.neg_group = self.neg_index % groups
-            self.neg_scores = self._gather(self.neg_index)
-            self.placement = place_sparse(sorted_pos, self.neg_scores, self.neg_group)
-            bins = sparse_bins(sorted_pos, positives, self.placement, self.neg_group)
+            with record_function(STAGES['filter']):
+                self.neg_index = self._candidates(floor, live_at_or_above)
+                self.neg_group = self.neg_index % groups
+                self.neg_scores = self._gather(self.neg_index)
+            with record_function(STAGES['place']):
+                self.placement = place_sparse(sorted_pos, self.neg_scores, self.neg_group)
+                bins = sparse_bins(sorted_pos, positives, self.placement, self.neg_group)
         self.rank = self.rank_among + negatives_above(sorted_pos, positives, bins)
+        if self.dense:
+            self.rank = self.rank + self.above_cells
         return self.rank, self.rank_among
 
-    def backward(self, grad_rank: Tensor, lambda_val: float, grad: Tensor,
-                 factor: Optional[Tensor]) -> None:
+    def backward(self, grad_rank: Tensor, lambda_val: float, grad: Optional[Tensor],
+                 factor: Optional[Tensor]) -> Tensor:
         """Add this problem's blackbox gradient, times ``factor`` (a 0-dim tensor or None), to
-        ``grad`` (flat, live entries)."""
+        ``grad`` (flat, live entries; None: start one (dense strategy only)); returns it."""
         positives, groups = self.problem.positives, self.problem.num_groups
         perturbed = self.pos_scores + lambda_val * grad_rank.to(self.pos_scores.dtype)
         sorted_after = sort_positives(perturbed, positives)
         rank_after = 1 + positives.group_end[positives.group] - sorted_after.at_or_below
 
         if self.dense:
-            # Only entries that some positive crossed change placement: find them with one gather
-            # and compare against the running bounds of the perturbed positives, then place just
-            # those exactly and update the histogram (no pass of searchsorted over every entry).
-            upper, lower = crossing_bounds(self.sorted_pos, positives, perturbed)
-            values, cell = self.by_group.view(-1), self.binned
-            crossed = (values < upper[cell]).logical_or_(values >= lower[cell])
-            crossed[self.not_negative] = False
-            index = crossed.nonzero().squeeze(1)
-            columns = self.by_group.shape[1]
-            width = upper.numel() // groups
-            group = index // columns
-            before = cell[index] - group * width
-            after = place_sparse(sorted_after, values[index], group) \
-                - positives.group_start[group]
-            num_bins = self.bins.numel()
-            bins = self.bins - torch.bincount(local_to_bins(positives, group, before),
-                                              minlength=num_bins) \
-                + torch.bincount(local_to_bins(positives, group, after), minlength=num_bins)
-            rank_after += negatives_above(sorted_after, positives, bins)
-            row = index % columns
-            live = row < self.live_rows
-            neg_index, neg_group, neg_delta = (row * groups + group)[live], group[live], \
-                (before - after)[live]
-        else:
-            neg_index, neg_group, placement = self.neg_index, self.neg_group, self.placement
-            if not bool((perturbed >= self.pos_scores).all()):
-                # A positive moved down (an upstream gradient that rewards worse ranks):
-                # negatives below the forward's floor may now be crossed; select them again.
-                floor = candidate_floor(positives, torch.minimum(self.pos_scores, perturbed))
-                neg_index = self._candidates(floor)
-                neg_group = neg_index % groups
-                self.neg_scores = self._gather(neg_index)
-                placement = place_sparse(sort_positives(self.pos_scores, positives),
-                                         self.neg_scores, neg_group)
-            placement_after = place_sparse(sorted_after, self.neg_scores, neg_group)
-            rank_after += negatives_above(sorted_after, positives, sparse_bins(
-                sorted_after, positives, placement_after, neg_group))
-            live_neg = neg_index < self.live_size
-            neg_index, neg_group, neg_delta = neg_index[live_neg], neg_group[live_neg], \
-                (placement - placement_after)[live_neg]
+            return self._dense_backward(perturbed, sorted_after, rank_after, lambda_val, grad,
+                                        factor)
+        neg_index, neg_group, placement = self.neg_index, self.neg_group, self.placement
+        if not bool((perturbed >= self.pos_scores).all()):
+            # A positive moved down (an upstream gradient that rewards worse ranks):
+            # negatives below the forward's floor may now be crossed; select them again.
+            floor = candidate_floor(positives, torch.minimum(self.pos_scores, perturbed))
+            neg_index = self._candidates(floor)
+            neg_group = neg_index % groups
+            self.neg_scores = self._gather(neg_index)
+            placement = place_sparse(sort_positives(self.pos_scores, positives),
+                                     self.neg_scores, neg_group)
+        placement_after = place_sparse(sorted_after, self.neg_scores, neg_group)
+        rank_after += negatives_above(sorted_after, positives, sparse_bins(
+            sorted_after, positives, placement_after, neg_group))
+        live_neg = neg_index < self.live_size
+        neg_index, neg_group, neg_delta = neg_index[live_neg], neg_group[live_neg], \
+            (placement - placement_after)[live_neg]
 
         scale = self._grad_scale(rank_after, lambda_val, grad.dtype)
         if factor is not None:
@@ -268,6 +240,122 @@ class _Solver:
         grad.index_add_(0, neg_index, neg_delta.to(grad.dtype) * neg_scale)
         grad.index_add_(0, positives.flat_index[is_live],
                         (rank_after - self.rank)[is_live].to(grad.dtype) * pos_scale)
+        return grad
+
+    # ------------------------------------------------------------------ dense strategy
+    def _entries(self) -> Tensor:
+        """All entries, flat: the live scores, then the constant rows (a copy only with
+        constant rows)."""
+        live = self.live.reshape(-1)
+        if self.problem.constant is None:
+            return live
+        return torch.cat([live, self.problem.constant.reshape(-1)])
+
+    def _grid(self, entries: Tensor) -> CellGrid:
+        """Cells over the entries' score range (one host sync), sized to the group length."""
+        groups = self.problem.num_groups
+        per_group = max(entries.numel() // max(groups, 1), 1)
+        cells = 2
+        while (cells < per_group // ENTRIES_PER_CELL and cells < MAX_CELLS
+               and 2 * cells * groups <= MAX_TOTAL_CELLS):
+            cells *= 2
+        low, high = torch.stack(entries.aminmax()).tolist() if entries.numel() else (0.0, 0.0)
+        return CellGrid.spanning(low, high, cells, groups)
+
+    def _not_negative(self) -> Tensor:
+        """Ascending flat indices of the entries that are no negatives: positives, excluded."""
+        index = self.problem.positives.flat_index
+        if self.excluded_flat is not None:
+            index = torch.cat([index, self.excluded_flat]).sort().values
+        return index
+
+    def _shared_cell_entries(self, flags: Tensor) -> Tensor:
+        """Ascending flat indices of the negatives whose cell is flagged."""
+        index = flags.index_select(0, self.cell).nonzero().squeeze(1)
+        return index[~contains(self.not_negative, index)]
+
+    def _dense_forward(self, sorted_pos) -> Tensor:
+        """Histogram the cells of every entry; place exactly only the negatives that share a
+        cell with a positive. Returns the bins of :func:`negatives_above` of those negatives
+        (the negatives in higher cells are added to ``self.rank`` by the caller's
+        ``negatives_above`` through ``self.above_cells``)."""
+        positives, groups = self.problem.positives, self.problem.num_groups
+        with record_function(STAGES['filter']):
+            entries = self._entries()
+            grid = self.grid = self._grid(entries)
+            self.cell = cells_of(grid, entries.view(-1, groups))
+            self.not_negative = self._not_negative()
+            num_cells = groups * grid.cells
+            counts = torch.bincount(self.cell, minlength=num_cells)
+            counts.index_add_(0, self.cell[self.not_negative].long(),
+                              torch.full_like(counts[:1], -1).expand(self.not_negative.numel()))
+            self.pos_cell = cells_of(grid, self.pos_scores, positives.group)
+            self.flags = torch.zeros(num_cells, dtype=torch.bool, device=counts.device)
+            self.flags[self.pos_cell.long()] = True
+            self.shared = self._shared_cell_entries(self.flags)
+        with record_function(STAGES['place']):
+            self.shared_group = self.shared % groups
+            self.shared_scores = entries[self.shared]
+            self.shared_placement = place_sparse(sorted_pos, self.shared_scores,
+                                                 self.shared_group)
+            # negatives in no positive's cell, counted per cell
+            self.counts = counts - torch.bincount(self.cell[self.shared], minlength=num_cells)
+            self.above_cells = cells_above(self.counts, grid)[self.pos_cell.long()]
+            return sparse_bins(sorted_pos, positives, self.shared_placement, self.shared_group)
+
+    def _dense_backward(self, perturbed: Tensor, sorted_after, rank_after: Tensor,
+                        lambda_val: float, grad: Optional[Tensor],
+                        factor: Optional[Tensor]) -> Tensor:
+        """Every negative in a cell that holds no positive before or after the perturbation
+        moves by the net number of positives whose cells passed it (:func:`cell_crossings`,
+        one table gather per entry); the negatives that share a cell with a positive, before
+        or after, are placed exactly."""
+        positives, groups, grid = self.problem.positives, self.problem.num_groups, self.grid
+        cell_after = cells_of(grid, perturbed, positives.group)
+        new = ~self.flags[cell_after.long()]
+        flags = self.flags
+        shared, shared_group = self.shared, self.shared_group
+        shared_scores, placement = self.shared_scores, self.shared_placement
+        counts = self.counts
+        if bool(new.any()):
+            added = torch.zeros_like(self.flags)
+            added[cell_after[new].long()] = True
+            flags = self.flags | added
+            extra = self._shared_cell_entries(added)
+            extra_group = extra % groups
+            extra_scores = self._entries()[extra] if self.problem.constant is not None \
+                else self.live.reshape(-1)[extra]
+            shared = torch.cat([shared, extra])
+            shared_group = torch.cat([shared_group, extra_group])
+            shared_scores = torch.cat([shared_scores, extra_scores])
+            placement = torch.cat([placement, place_sparse(
+                sort_positives(self.pos_scores, positives), extra_scores, extra_group)])
+            counts = counts - torch.bincount(self.cell[extra], minlength=counts.numel())
+        placement_after = place_sparse(sorted_after, shared_scores, shared_group)
+        rank_after += cells_above(counts, grid)[cell_after.long()] + negatives_above(
+            sorted_after, positives,
+            sparse_bins(sorted_after, positives, placement_after, shared_group))
+
+        dtype = self.pos_scores.dtype
+        scale = self._grad_scale(rank_after, lambda_val, dtype)
+        if factor is not None:
+            scale = factor.to(dtype) * scale
+        per_cell = cell_crossings(grid, self.pos_cell, cell_after).to(dtype)
+        per_cell = (per_cell.view(groups, grid.cells) * (scale.view(-1, 1) if scale.dim()
+                                                         else scale)).view(-1)
+        per_cell[flags] = 0
+        values = per_cell.index_select(0, self.cell[:self.live_size])
+        not_negative = self.not_negative[self.not_negative < self.live_size]
+        values[not_negative] = 0
+        live = shared < self.live_size
+        shared_scale = scale if scale.dim() == 0 else scale[shared_group[live]]
+        values.index_add_(0, shared[live],
+                          (placement - placement_after)[live].to(dtype) * shared_scale)
+        is_live = positives.flat_index < self.live_size
+        pos_scale = scale if scale.dim() == 0 else scale[positives.group[is_live]]
+        values.index_add_(0, positives.flat_index[is_live],
+                          (rank_after - self.rank)[is_live].to(dtype) * pos_scale)
+        return values if grad is None else grad.add_(values)
 
     def _grad_scale(self, rank_after: Tensor, lambda_val: float, dtype: torch.dtype) -> Tensor:
         """Gradient per unit of rank change: the paper's ``1 / (λ n)`` (``-(rk(y) - rk(y')) /
@@ -331,10 +419,15 @@ class BlackboxPositiveRanks(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
-        grad = torch.zeros(ctx.shape.numel(), dtype=grads[0].dtype, device=grads[0].device)
-        factor = None if ctx.grad_scale is None else ctx.grad_scale.value
-        for solver, grad_rank in zip(ctx.solvers, grads[::2]):
-            solver.backward(grad_rank, ctx.lambda_val, grad, factor)
+        with record_function(STAGES['backward']):
+            # the first dense problem's per-entry gradient becomes the buffer (no zero-filled one)
+            grad = None
+            factor = None if ctx.grad_scale is None else ctx.grad_scale.value
+            for solver, grad_rank in zip(ctx.solvers, grads[::2]):
+                if grad is None and not solver.dense:
+                    grad = torch.zeros(ctx.shape.numel(), dtype=grads[0].dtype,
+                                       device=grads[0].device)
+                grad = solver.backward(grad_rank, ctx.lambda_val, grad, factor)
         ctx.solvers = None
         return grad.view(ctx.shape), None, None, None, None
 
