@@ -178,6 +178,17 @@ def test_fit_val_writes_the_map_and_keeps_the_detections(checkpoint, tmp_path):
     assert 0.4 < plain['mean_score'] < 0.6 and plain['ece'] > 0.4
     assert calibrated['ece'] < plain['ece'] / 4
     assert calibrated['mean_score'] < 0.2
+    # per class too: every class's detections counted once, each class's ECE in [0, 1]
+    for row in (plain, calibrated):
+        per_class = row['ece_per_class']
+        assert sum(v['detections'] for v in per_class.values()) == row['detections']
+        assert sum(v['correct'] for v in per_class.values()) == row['correct']
+        assert all(0.0 <= v['ece'] <= 1.0 for v in per_class.values())
+
+    def mean_ece(row):
+        return sum(v['ece'] for v in row['ece_per_class'].values()) / len(row['ece_per_class'])
+
+    assert mean_ece(calibrated) < mean_ece(plain) / 2
     assert runs['calibrated@0.05']['detections'] < calibrated['detections']
 
     # the output checkpoint: the input's weights plus the fitted map (state dict and meta)

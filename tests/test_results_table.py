@@ -105,3 +105,12 @@ def test_missing_markers_are_a_clear_error_and_the_file_is_untouched(quality_jso
     assert proc.returncode == 2
     assert 'error:' in proc.stderr and 'results-table' in proc.stderr
     assert readme.read_text() == content
+
+
+def test_absolute_work_dirs_inside_the_checkout_are_shown_relative():
+    inside = osp.join(ROOT, 'work_dirs', 'quality', 'retinanet_rambo_s3')
+    assert results_table._shown_path(inside) == 'work_dirs/quality/retinanet_rambo_s3'
+    assert results_table._shown_path('/elsewhere/run') == '/elsewhere/run'  # outside: as given
+    assert results_table._shown_path('work_dirs/x') == 'work_dirs/x'
+    runs = [dict(seed=3, work_dir=inside)]
+    assert results_table._logs(runs) == 's3: `work_dirs/quality/retinanet_rambo_s3`'

@@ -92,7 +92,8 @@ METRICS = [('coco/bbox_mAP', 'mAP'), ('coco/bbox_mAP_50', 'AP50'), ('coco/bbox_m
            ('pascal_voc/mAP', 'VOC mAP')]
 #: Goals from the project brief: (detector, metric, minimum RaMBO - stock delta in points).
 GOALS = [('faster_rcnn', 'AP50', 1.0), ('retinanet', 'mAP', 0.0), ('retinanet', 'AP50', 0.0)]
-TIME_RATIO_GOAL = 1.10
+#: iteration time RaMBO / stock at most this (a training cost below the noise of a shared machine)
+TIME_RATIO_GOAL = 1.05
 #: below this test mAP (points) in both arms, a quality goal is reported as n/a (nothing learned)
 NO_LEARNING_MAP = 0.5
 
@@ -401,6 +402,29 @@ def _fmt(mean, sd, digits=1):
     return f'{mean:.{digits}f}' + (f' ± {sd:.{digits}f}' if sd is not None else '')
 
 
+#: twins whose trainings started within this many seconds of each other ran side by side
+SIDE_BY_SIDE_S = 120
+
+
+def train_start(run):
+    """When the run's training started: its first mmengine timestamp folder (``YYYYMMDD_HHMMSS``
+    under the work dir) as a datetime, or None."""
+    import datetime
+    import re
+    wd = run.get('work_dir')
+    if not wd or not osp.isdir(wd):
+        return None
+    stamps = sorted(d for d in os.listdir(wd) if re.fullmatch(r'\d{8}_\d{6}', d))
+    return datetime.datetime.strptime(stamps[0], '%Y%m%d_%H%M%S') if stamps else None
+
+
+def side_by_side(a, b):
+    """Whether two runs trained at the same time (so their iteration times share the load)."""
+    start_a, start_b = train_start(a), train_start(b)
+    return (start_a is not None and start_b is not None
+            and abs((start_a - start_b).total_seconds()) <= SIDE_BY_SIDE_S)
+
+
 def summarize(args, runs):
     ok = [r for r in runs if r.get('status') == 'ok']
     arms = {}
@@ -431,6 +455,12 @@ def summarize(args, runs):
                       if r.get('iter_time_median_s') and b.get('iter_time_median_s')]
             m, sd, n = _mean_sd(ratios)
             d['time_ratio'] = dict(mean=m, sd=sd, n=n, values=ratios)
+            together = [(b, r) for b, r in pairs if side_by_side(b, r)
+                        and r.get('iter_time_median_s') and b.get('iter_time_median_s')]
+            ratios = [r['iter_time_median_s'] / b['iter_time_median_s'] for b, r in together]
+            m, sd, n = _mean_sd(ratios)
+            d['time_ratio_side_by_side'] = dict(mean=m, sd=sd, n=n, values=ratios,
+                                                seeds=[b['seed'] for b, _ in together])
             summary['deltas'].append(d)
     for det, label, minimum in GOALS:
         d = next((x for x in summary['deltas'] if x['detector'] == det and x['arm'] == 'rambo'),
@@ -447,10 +477,14 @@ def summarize(args, runs):
         summary['goals'].append(dict(goal=f'{det}: RaMBO - {d["versus"]} {label} >= {minimum:+.1f}',
                                      value=got, met=(got is not None and got >= minimum)
                                      if meaningful else None))
-        tr = d['time_ratio']['mean']
+        # only twins that trained side by side share the machine's load: their ratio, if any
+        together = d.get('time_ratio_side_by_side') or {}
+        tr = together.get('mean') if together.get('n') else d['time_ratio']['mean']
+        which = (f' (side by side, seeds {",".join(map(str, together["seeds"]))})'
+                 if together.get('n') else ' (all pairs)')
         if not any(g['goal'].startswith(f'{det}: iteration time') for g in summary['goals']):
             summary['goals'].append(dict(goal=f'{det}: iteration time RaMBO / {d["versus"]} <= '
-                                         f'{TIME_RATIO_GOAL:.2f}', value=tr,
+                                         f'{TIME_RATIO_GOAL:.2f}{which}', value=tr,
                                          met=tr is not None and tr <= TIME_RATIO_GOAL))
     return summary
 
@@ -480,13 +514,17 @@ def write_markdown(args, runs, summary, path, settings):
                      + f' | {_fmt(e["iter_time_s"]["mean"], e["iter_time_s"]["sd"], 3)} |')
     lines += ['', '## RaMBO - stock (paired by seed)', '',
               '| detector | arm vs stock | seeds | Δ mAP | Δ AP50 | Δ AP75 | Δ VOC mAP | '
-              'iter time ratio |', '|---|---|---|---|---|---|---|---|']
+              'iter time ratio | iter time ratio, side by side (seeds) |',
+              '|---|---|---|---|---|---|---|---|---|']
     for d in summary['deltas']:
-        tr = d['time_ratio']
+        tr, together = d['time_ratio'], d.get('time_ratio_side_by_side') or {}
         lines.append(f'| {d["detector"]} | {d["arm"]} vs {d["versus"]} | '
                      f'{",".join(map(str, d["seeds"]))} | '
                      + ' | '.join(_fmt(d[l]['mean'], d[l]['sd']) for _, l in METRICS)
-                     + f' | {_fmt(tr["mean"], tr["sd"], 3)} |')
+                     + f' | {_fmt(tr["mean"], tr["sd"], 3)} | '
+                     + (f'{_fmt(together["mean"], together["sd"], 3)} '
+                        f'({",".join(map(str, together["seeds"]))})' if together.get('n')
+                        else '-') + ' |')
     lines += ['', '## Goals', '', '| goal | value | met |', '|---|---|---|']
     for g in summary['goals']:
         v = '-' if g['value'] is None else f'{g["value"]:.3f}' if 'time' in g['goal'] \

@@ -18,7 +18,8 @@
   calibrated ones: COCO mAP / AP50 / AP75 (pycocotools) at score_thr 0 and at each
   ``--score-thr``, whether the detections at score_thr 0 are identical (boxes, labels, order of
   scores) with and without the map, and the expected calibration error (15 equal-width bins;
-  :func:`rambo_mmdet.calibration.expected_calibration_error`).
+  :func:`rambo_mmdet.calibration.expected_calibration_error`), over all detections and per
+  class (``ece_per_class`` in the JSON report; mean and worst class printed).
 
 Examples::
 
@@ -163,9 +164,18 @@ def coco_ap(images, dataset):
 def summarise(images, dataset, bins):
     scores = torch.cat([i['scores'] for i in images]) if images else torch.zeros(0)
     correct = torch.cat([i['correct'] for i in images]) if images else torch.zeros(0, dtype=bool)
+    labels = torch.cat([i['labels'] for i in images]) if images else torch.zeros(0, dtype=int)
     stats = coco_ap(images, dataset)
+    classes = dataset.metainfo.get('classes', ())
+    # ECE of each class's detections: a global map can be calibrated on average and not per class
+    per_class = {}
+    for c in labels.unique().tolist():
+        mine = labels == c
+        name = classes[c] if c < len(classes) else str(c)
+        per_class[name] = dict(ece=expected_calibration_error(scores[mine], correct[mine], bins),
+                               detections=int(mine.sum()), correct=int(correct[mine].sum()))
     return dict(mAP=stats[0], AP50=stats[1], AP75=stats[2], coco_stats=stats,
-                ece=expected_calibration_error(scores, correct, bins),
+                ece=expected_calibration_error(scores, correct, bins), ece_per_class=per_class,
                 detections=int(scores.numel()), correct=int(correct.sum()),
                 mean_score=float(scores.double().mean()) if scores.numel() else 0.0,
                 score_range=[float(scores.min()), float(scores.max())] if scores.numel() else [])
@@ -286,6 +296,12 @@ def main(argv=None):
         print(f'  {name:<18} {100 * row["mAP"]:6.2f} {100 * row["AP50"]:6.2f} '
               f'{100 * row["AP75"]:6.2f} {row["ece"]:7.4f} {row["detections"]:7d} '
               f'{row["correct"]:7d} {lo_hi:>15}')
+    for name, row in report['runs'].items():
+        if name.endswith('@0') and row['ece_per_class']:
+            eces = {c: v['ece'] for c, v in row['ece_per_class'].items()}
+            worst = max(eces, key=eces.get)
+            print(f'  {name:<18} per-class ECE: mean {sum(eces.values()) / len(eces):.4f}, '
+                  f'worst {worst} {eces[worst]:.4f}')
     print(f'  identical detections at score_thr 0 with/without the map: '
           f'{report["identical_detections_at_0"]}; identical COCO stats: '
           f'{report["identical_coco_stats_at_0"]}')

@@ -88,11 +88,26 @@ def _config(entry, runs):
     return cell
 
 
+#: the checkout this script belongs to: work dirs under it are shown relative to it
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _shown_path(path):
+    """``path`` relative to the checkout when it lies inside it (runs trained with an absolute
+    work root, e.g. from a frozen copy of the code, show like the others)."""
+    if os.path.isabs(path):
+        relative = os.path.relpath(path, REPO_ROOT)
+        if not relative.startswith('..'):
+            return relative
+    return path
+
+
 def _logs(runs):
     cells = []
     for r in runs:
         path = r.get('log') or r.get('work_dir')
         if path:
+            path = _shown_path(path)
             cells.append(f's{r.get("seed", "?")}: `{path}`')
     return '<br>'.join(cells) or '-'
 
