@@ -1,0 +1,54 @@
+"""tools/benchmark_quality.py: the iteration-time ratio of twins that trained side by side (their
+trainings started within SIDE_BY_SIDE_S of each other) is reported apart from the ratio over all
+pairs, and the time goal uses it when there is one."""
+import argparse
+import importlib.util
+import os.path as osp
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location(
+    'benchmark_quality', osp.join(ROOT, 'tools', 'benchmark_quality.py'))
+bq = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bq)
+
+
+def _run(tmp_path, arm, seed, started, iter_time):
+    work_dir = tmp_path / f'retinanet_{arm}_s{seed}'
+    (work_dir / started).mkdir(parents=True)  # mmengine's timestamp folder of the training
+    (work_dir / 'test' / '20991231_235959').mkdir(parents=True)  # later runs (tests) not counted
+    return dict(name=work_dir.name, detector='retinanet', arm=arm, seed=seed, config='x.py',
+                status='ok', work_dir=str(work_dir), iter_time_median_s=iter_time,
+                test={label: 10.0 for _, label in bq.METRICS})
+
+
+def test_side_by_side_ratio_is_reported_apart_and_used_for_the_goal(tmp_path):
+    runs = [  # seed 0: a week apart (different load); seeds 1, 2: started together
+        _run(tmp_path, 'focal', 0, '20261120_100000', 0.4),
+        _run(tmp_path, 'rambo', 0, '20261127_100000', 0.8),
+        _run(tmp_path, 'focal', 1, '20261201_100000', 0.50),
+        _run(tmp_path, 'rambo', 1, '20261201_100030', 0.51),
+        _run(tmp_path, 'focal', 2, '20261201_110000', 0.40),
+        _run(tmp_path, 'rambo', 2, '20261201_110100', 0.42),
+    ]
+    assert bq.side_by_side(runs[2], runs[3]) and not bq.side_by_side(runs[0], runs[1])
+    assert bq.train_start(runs[1]).isoformat() == '2026-11-27T10:00:00'
+    summary = bq.summarize(argparse.Namespace(detectors=['retinanet']), runs)
+    delta = summary['deltas'][0]
+    assert delta['time_ratio']['n'] == 3
+    together = delta['time_ratio_side_by_side']
+    assert together['seeds'] == [1, 2] and together['n'] == 2
+    assert together['mean'] == pytest.approx((0.51 / 0.50 + 0.42 / 0.40) / 2)
+    goal = next(g for g in summary['goals'] if 'iteration time' in g['goal'])
+    assert 'side by side, seeds 1,2' in goal['goal']
+    assert goal['value'] == pytest.approx(together['mean']) and goal['met'] is True
+
+
+def test_without_side_by_side_pairs_the_goal_uses_all_pairs(tmp_path):
+    runs = [_run(tmp_path, 'focal', 0, '20261120_100000', 0.4),
+            _run(tmp_path, 'rambo', 0, '20261127_100000', 0.8)]
+    summary = bq.summarize(argparse.Namespace(detectors=['retinanet']), runs)
+    goal = next(g for g in summary['goals'] if 'iteration time' in g['goal'])
+    assert '(all pairs)' in goal['goal'] and goal['value'] == pytest.approx(2.0)
+    assert goal['met'] is False
