@@ -102,7 +102,11 @@ Where the time goes: after the timed calls, one more call of each ``rambo*`` met
 ``select`` the strategy, ``filter`` the entries (sparse: candidate negatives; dense: cells and
 their histogram), ``place`` exactly, ``backward``, ``memory``) and the rest (``other``: input
 checks, loss arithmetic, autograd) are reported per row (the ``stages`` table); the profiled
-call's total is close to, not equal to, the timed median.
+call's total is close to, not equal to, the timed median. On CUDA every row also counts the host
+synchronisations of one call, forward and backward apart (``torch.cuda.set_sync_debug_mode``),
+e.g. on a torch-only GPU box::
+
+    python tools/benchmark_loss.py --device cuda --scale --methods rambo,rambo-paper,reference,focal
 """
 import argparse
 import ctypes
@@ -572,13 +576,36 @@ def run_case(device: str, size: str, regime: str, method: str, repeats: int,
     sys_ms = 1e3 * statistics.median(c[3] for c in calls)
     faults = statistics.median(c[4] for c in calls)
     stages = stage_breakdown(lambda: call()) if method in STAGED_METHODS else None
+    syncs = count_host_syncs(fn, logits, labels, weights) if device == 'cuda' else None
     return dict(status='ok', impl=label, ms=1e3 * statistics.median(times), stages=stages,
+                host_syncs=syncs,
                 wall_ms=1e3 * statistics.median(walls), clock='cpu' if cpu_clock else 'wall',
                 ms_all=[round(1e3 * t, 3) for t in times], warmup_ms=round(1e3 * warm[0], 3),
                 repeats=len(times), warmup_is_sample=n == 0, warmup_calls=warmups,
                 sys_ms=sys_ms, page_faults=faults,
                 peak_mb=None if peak is None else peak / 2 ** 20, peak_method=memory.method,
                 loss=warm[2])
+
+
+def count_host_syncs(fn: Callable, logits: Tensor, labels: Tensor,
+                     weights: Tensor) -> Dict[str, int]:
+    """CUDA: host synchronisations of one call, forward and backward apart, as counted by
+    ``torch.cuda.set_sync_debug_mode('warn')`` (one warning per synchronising operation)."""
+    import warnings
+    counts = {}
+    logits.grad = None
+    previous = torch.cuda.get_sync_debug_mode()
+    try:
+        torch.cuda.set_sync_debug_mode('warn')
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            loss = fn(logits, labels, weights)
+            counts['forward'] = len(caught)
+            loss.backward()
+            counts['backward'] = len(caught) - counts['forward']
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    return counts
 
 
 def stage_breakdown(call: Callable) -> Dict[str, float]:
@@ -868,6 +895,12 @@ def render(result: Dict) -> Tuple[str, str]:
     gtable = [[r['size'], r['regime'], r['method']]
               + [_fmt(r['stages'].get(n), '.1f') for n in stage_names]
               for r in rows if r['status'] == 'ok' and r.get('stages')]
+    if any(r.get('host_syncs') for r in rows):  # CUDA runs: host syncs per call
+        ghead = ghead + ['host syncs fwd', 'host syncs bwd']
+        gtable = [row + [str((r.get('host_syncs') or {}).get('forward', '-')),
+                         str((r.get('host_syncs') or {}).get('backward', '-'))]
+                  for row, r in zip(gtable, [r for r in rows
+                                             if r['status'] == 'ok' and r.get('stages')])]
     ttable = [[t['name'], _fmt(t['value'], '.3g'), t['status']] for t in targets]
     check = result.get('check') or {}
 

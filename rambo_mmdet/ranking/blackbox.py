@@ -22,7 +22,8 @@ positives down by α (rankings are invariant to a common shift), so the margin c
 Several :class:`RankingProblem` s over the same live scores (e.g. per-class rankings and the
 flattened interclass ranking of a detector's ``[N, C]`` logits) run in one autograd node that writes
 one gradient buffer. A problem may leave entries out (ignored samples, without copying the scores)
-and rank a constant block beside the live scores (a detached score memory, without concatenation).
+and rank a constant block beside the live scores (a detached score memory: the sparse strategy
+reads it in place, the dense one joins it to the live scores once per call).
 """
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
