@@ -60,3 +60,24 @@ def solver_paths(monkeypatch):
 
     monkeypatch.setattr(blackbox._Solver, 'forward', forward)
     return paths
+
+
+@pytest.fixture
+def ranker_vs_argsort():
+    """``compare(scores, positive, upstream, lambda_val)``: the ranks of the positives of
+    ``scores`` (``[n, G]``, ``positive`` a bool mask) and the gradient that the upstream gradient
+    ``upstream`` (``[P]``, on those ranks) gives the scores, by ``rank_positives`` and by the
+    ``argsort(argsort)`` reference ranker: ``(rank, grad, reference_rank, reference_grad)``."""
+    from rambo_mmdet.ranking import ArgsortBlackboxRanks, PositiveSet, rank_positives
+
+    def compare(scores, positive, upstream, lambda_val):
+        positives = PositiveSet.from_mask(positive)
+        x = scores.clone().requires_grad_()
+        rank, _ = rank_positives(x, positives, lambda_val)
+        (rank * upstream).sum().backward()
+        y = scores.clone().requires_grad_()
+        reference = ArgsortBlackboxRanks.apply(y, lambda_val).reshape(-1)[positives.flat_index]
+        (reference * upstream).sum().backward()
+        return rank.detach(), x.grad, reference.detach(), y.grad
+
+    return compare

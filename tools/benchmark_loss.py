@@ -254,16 +254,24 @@ def make_tie_free_inputs(name: str, regime: str, seed: int = 0) -> Tuple[Tensor,
 
 
 # ------------------------------------------------------------------------------ methods
+def kept_rows(label_weights: Tensor) -> Tensor:
+    """``[N]`` bool: the rows a ``[N]`` (or ``[N, C]``) label weight keeps (weight > 0 in some
+    column), as ``RaMBOAPLoss`` reads it; the others are ignored samples."""
+    return label_weights.reshape(label_weights.shape[0], -1).amax(dim=1) > 0
+
+
+def excluded_rows(label_weights: Optional[Tensor]) -> Optional[Tensor]:
+    """Ascending indices of the ignored rows (None without label weights)."""
+    return None if label_weights is None else (~kept_rows(label_weights)).nonzero().squeeze(1)
+
+
 def rambo_fused_loss(cls_score: Tensor, labels: Tensor,
                       label_weights: Optional[Tensor]) -> Tensor:
     """The core's fused ``detection_ap_loss`` (no memory): both terms in one blackbox node, ignored
     rows excluded inside the ranker; the same value and gradient as ``RaMBOAPLoss``."""
     check_scores(cls_score)
-    excluded = None
-    if label_weights is not None:
-        excluded = (label_weights.reshape(label_weights.shape[0], -1).amax(dim=1) <= 0)
-        excluded = excluded.nonzero().squeeze(1)
-    return detection_ap_loss(cls_score, labels.long(), excluded, None, LAMBDA, MARGIN, BETA)
+    return detection_ap_loss(cls_score, labels.long(), excluded_rows(label_weights), None, LAMBDA,
+                             MARGIN, BETA)
 
 
 def shipped_dense_loss(**overrides):
@@ -285,17 +293,13 @@ def shipped_core_loss(cls_score: Tensor, labels: Tensor, label_weights: Optional
                       memory: Optional[ScoreMemory] = None) -> Tensor:
     """The shipped dense-head ``RaMBOAPLoss`` rebuilt from the ranking core (no mmdet)."""
     check_scores(cls_score)
-    scores, excluded = cls_score.float(), None
-    if label_weights is not None:
-        excluded = (label_weights.reshape(label_weights.shape[0], -1).amax(dim=1) <= 0)
-        excluded = excluded.nonzero().squeeze(1)
+    scores = cls_score.float()
     contents = memory.contents(scores) if memory is not None else None
-    loss = detection_ap_loss(scores, labels.long(), excluded, contents,
+    loss = detection_ap_loss(scores, labels.long(), excluded_rows(label_weights), contents,
                              interclass_weight=BETA, **SHIPPED_DENSE)
     if memory is not None:
-        valid = None if label_weights is None else \
-            label_weights.reshape(label_weights.shape[0], -1).amax(dim=1) > 0
-        memory.push(scores, labels.long(), valid)
+        memory.push(scores, labels.long(),
+                    None if label_weights is None else kept_rows(label_weights))
     return loss
 
 
@@ -318,7 +322,7 @@ def reference_ap_loss(cls_score: Tensor, labels: Tensor,
     num_classes = cls_score.shape[1]
     scores, labels = cls_score.float(), labels.long()
     if label_weights is not None:
-        keep = label_weights.reshape(label_weights.shape[0], -1).amax(dim=1) > 0
+        keep = kept_rows(label_weights)
         if not bool(keep.all()):
             scores, labels = scores[keep], labels[keep]
     positive = torch.zeros_like(scores, dtype=torch.bool)

@@ -33,11 +33,13 @@ Examples::
 """
 import argparse
 import concurrent.futures
+import datetime
 import glob
 import json
 import math
 import os
 import os.path as osp
+import re
 import shutil
 import statistics
 import subprocess
@@ -409,8 +411,6 @@ SIDE_BY_SIDE_S = 120
 def train_start(run):
     """When the run's training started: its first mmengine timestamp folder (``YYYYMMDD_HHMMSS``
     under the work dir) as a datetime, or None."""
-    import datetime
-    import re
     wd = run.get('work_dir')
     if not wd or not osp.isdir(wd):
         return None

@@ -277,10 +277,10 @@ class _Solver:
 
     def _dense_forward(self, sorted_pos) -> Tensor:
         """Histogram the cells of every entry; place exactly only the negatives that share a
-        cell with a positive. Returns the bins of :func:`negatives_above` of those negatives
-        (the negatives in higher cells are added to ``self.rank`` by the caller's
-        ``negatives_above`` through ``self.above_cells``)."""
+        cell with a positive. Returns the bins of :func:`negatives_above` of those negatives;
+        the negatives in cells above each positive's are counted in ``self.above_cells``."""
         positives, groups = self.problem.positives, self.problem.num_groups
+        self.sorted_pos = sorted_pos  # the backward places newly shared entries against it
         with record_function(STAGES['filter']):
             entries = self._entries()
             grid = self.grid = self._grid(entries)
@@ -324,13 +324,12 @@ class _Solver:
             flags = self.flags | added
             extra = self._shared_cell_entries(added)
             extra_group = extra % groups
-            extra_scores = self._entries()[extra] if self.problem.constant is not None \
-                else self.live.reshape(-1)[extra]
+            extra_scores = self._gather(extra)
             shared = torch.cat([shared, extra])
             shared_group = torch.cat([shared_group, extra_group])
             shared_scores = torch.cat([shared_scores, extra_scores])
-            placement = torch.cat([placement, place_sparse(
-                sort_positives(self.pos_scores, positives), extra_scores, extra_group)])
+            placement = torch.cat([placement,
+                                   place_sparse(self.sorted_pos, extra_scores, extra_group)])
             counts = counts - torch.bincount(self.cell[extra], minlength=counts.numel())
         placement_after = place_sparse(sorted_after, shared_scores, shared_group)
         rank_after += cells_above(counts, grid)[cell_after.long()] + negatives_above(

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
+from .blackbox import STAGES
+
 __all__ = ['ScoreMemory']
 
 
@@ -48,7 +50,7 @@ class ScoreMemory(nn.Module):
         self._batches.clear()
 
     @torch.no_grad()
-    @record_function('rambo.memory')
+    @record_function(STAGES['memory'])
     def push(self, scores: Tensor, targets: Tensor, valid: Optional[Tensor] = None) -> None:
         """Remember one batch (detached, float32, at most ``max_rows`` rows).
 
@@ -81,7 +83,7 @@ class ScoreMemory(nn.Module):
         priority = torch.where(positive_row, torch.full_like(priority, float('inf')), priority)
         return torch.topk(priority, self.max_rows, sorted=False).indices.sort().values
 
-    @record_function('rambo.memory')
+    @record_function(STAGES['memory'])
     def contents(self, like: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
         """The remembered rows, oldest first, on ``like``'s device: ``(scores [M, C], targets)``;
         None when empty or when ``like`` (``[N, C]``) has another class count."""
