@@ -7,6 +7,7 @@ import torch
 from ranking_oracle import oracle_detection_loss, rank_units
 
 import rambo_mmdet.ranking.blackbox as blackbox
+import rambo_mmdet.ranking.scratch as scratch
 from rambo_mmdet.ranking import detection_ap_loss
 from rambo_mmdet.ranking.counting import CellGrid, cell_crossings, cells_above, cells_of
 
@@ -89,8 +90,10 @@ def test_cell_crossings_equal_brute_force(seed):
 @pytest.fixture(params=[1, 4, 10 ** 9], ids=['cell-per-entry', 'cells-of-4', 'one-cell'])
 def dense_cells(request, monkeypatch, solver_paths):
     """The dense strategy forced, at a given number of entries per cell (10**9: two cells per
-    group, so nearly every entry is placed exactly; 1: nearly none is)."""
+    group, so nearly every entry is placed exactly; 1: nearly none is). Every per-score
+    temporary comes from the scratch pool (blocks reused, with stale contents, across calls)."""
     monkeypatch.setattr(blackbox, 'DENSE_FRACTION', 0.0)
+    monkeypatch.setattr(scratch, 'MIN_BYTES', 0)
     monkeypatch.setattr(blackbox, 'ENTRIES_PER_CELL', request.param)
     yield request.param
     assert solver_paths and all(solver_paths), f'dense not run: {solver_paths}'

@@ -37,9 +37,11 @@ def config_name(path):
 
 
 def rambo_head_cfg(cfg):
-    """The head config that carries the ranking loss (RoI box head or dense head)."""
+    """The head config that carries the ranking loss (RoI box head, RPN or dense head)."""
     model = cfg.model
-    return model.roi_head.bbox_head if 'roi_head' in model else model.bbox_head
+    heads = [model.roi_head.bbox_head, model.rpn_head] if 'roi_head' in model \
+        else [model.bbox_head]
+    return next(head for head in heads if head.loss_cls.type == 'RaMBOAPLoss')
 
 
 def without_pretrained(model_cfg):

@@ -289,6 +289,46 @@ def test_rpn_with_ranking_loss_runs():
     assert_classifier_trained(head.rpn_cls)
 
 
+def test_rpn_predicts_on_calibrated_logits():
+    """RaMBORPNHead proposes from the loss's calibrated logits ``a * logit + b``: with the
+    identity map exactly the stock RPN's proposals; with a map, the stock RPN's proposals for a
+    classifier whose logits are ``a * logit + b`` -- no ties at sigmoid 1.0 where the raw logits
+    are huge (they are, for the stock prediction)."""
+    cfg = rpn_cfg(test_cfg=ConfigDict(nms_pre=200, max_per_img=50, min_bbox_size=0,
+                                      nms=dict(type='nms', iou_threshold=0.7)))
+    torch.manual_seed(0)
+    stock = MODELS.build(dict(type='RPNHead', **copy.deepcopy(cfg)))
+    ours = MODELS.build(dict(type='RaMBORPNHead', **dict(copy.deepcopy(cfg), loss_cls=dict(
+        type='RaMBOAPLoss', use_sigmoid=True))))
+    with torch.no_grad():
+        stock.rpn_cls.weight.mul_(400.0)  # logits of +-100 and more, as an AP-trained RPN's
+        stock.rpn_cls.bias.fill_(30.0)
+    ours.load_state_dict(stock.state_dict(), strict=False)
+    feats, _, metas = make_batch([4, 8, 16, 32, 64], class_agnostic=True)
+
+    def proposals(head):
+        return head.predict_by_feat(*head(feats), batch_img_metas=metas, rescale=False)
+
+    raw = proposals(stock)
+    assert int((raw[0].scores == 1.0).sum()) > 5  # the stock prediction's ties
+    for exp, res in zip(raw, proposals(ours)):  # identity map: the stock prediction
+        assert torch.equal(res.bboxes, exp.bboxes) and torch.equal(res.scores, exp.scores)
+
+    # a map that brings the largest logit to 10 (sigmoid 0.99995: no float32 saturation)
+    largest = max(float(score.abs().max()) for score in stock(feats)[0])
+    assert largest > 100
+    scale, bias = 10.0 / largest, -1.0
+    ours.loss_cls.calib_scale.fill_(scale)
+    ours.loss_cls.calib_bias.fill_(bias)
+    with torch.no_grad():  # a stock classifier that outputs a * logit + b
+        stock.rpn_cls.weight.mul_(scale)
+        stock.rpn_cls.bias.mul_(scale).add_(bias)
+    for exp, res in zip(proposals(stock), proposals(ours)):
+        assert int((res.scores == 1.0).sum()) == 0
+        assert torch.equal(res.bboxes, exp.bboxes)
+        assert torch.allclose(res.scores, exp.scores, rtol=1e-5, atol=1e-6)
+
+
 def test_fcos_head_with_ranking_loss_unchanged():
     """FCOSHead already concatenates all levels and images: it works as it is."""
     head = FCOSHead(num_classes=NUM_CLASSES, in_channels=8, feat_channels=8, stacked_convs=1,

@@ -9,10 +9,12 @@ from .losses import (as_positive_set, average_precision_loss, check_scores, dete
                      mean_ap_loss, recall_loss)
 from .memory import ScoreMemory
 from .reference import ArgsortBlackboxRanks, argsort_ranks
+from .scratch import release_scratch
 
 __all__ = [
     'BlackboxPositiveRanks', 'GradScale', 'route_output_grad', 'RankingProblem', 'rank_problems',
     'rank_positives', 'STAGES', 'PositiveSet',
     'as_positive_set', 'average_precision_loss', 'check_scores', 'detection_ap_loss',
-    'mean_ap_loss', 'recall_loss', 'ScoreMemory', 'ArgsortBlackboxRanks', 'argsort_ranks'
+    'mean_ap_loss', 'recall_loss', 'ScoreMemory', 'ArgsortBlackboxRanks', 'argsort_ranks',
+    'release_scratch'
 ]

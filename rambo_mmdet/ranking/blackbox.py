@@ -34,6 +34,7 @@ from torch.profiler import record_function
 from .counting import (CellGrid, PositiveSet, candidate_floor, cell_crossings, cells_above,
                        cells_of, contains, negative_candidates, negatives_above, place_sparse,
                        sort_positives, sparse_bins)
+from .scratch import scratch_pool
 
 __all__ = ['RankingProblem', 'GradScale', 'route_output_grad', 'BlackboxPositiveRanks',
            'rank_problems', 'rank_positives', 'DENSE_FRACTION', 'STAGES']
@@ -47,6 +48,9 @@ STAGES = dict(select='rambo.select', filter='rambo.filter', place='rambo.place',
               backward='rambo.backward', memory='rambo.memory')
 #: Above this fraction of surviving negatives, the dense strategy replaces the sparse one.
 DENSE_FRACTION = 0.25
+#: The surviving fraction is counted on about this many entries (every k-th row of a larger
+#: problem).
+SURVIVAL_SAMPLE = 1 << 16
 #: Dense strategy: cells per group ~ entries per group / ENTRIES_PER_CELL (a power of two, at
 #: most MAX_CELLS per group and MAX_TOTAL_CELLS over all groups, at least 2).
 ENTRIES_PER_CELL = 16
@@ -155,14 +159,26 @@ class _Solver:
             self.excluded_flat = (self.excluded[:, None] * groups
                                   + torch.arange(groups, device=live.device)).view(-1)
 
-    def _candidates(self, floor: Tensor, live_at_or_above: Optional[Tensor] = None) -> Tensor:
+    def _candidates(self, floor: Tensor) -> Tensor:
         positives = self.problem.positives
-        index = negative_candidates(self.live, floor, 0, positives, self.excluded_flat,
-                                    live_at_or_above)
+        index = negative_candidates(self.live, floor, 0, positives, self.excluded_flat)
         if self.problem.constant is not None:
             index = torch.cat([index, negative_candidates(self.problem.constant, floor,
                                                           self.live_size, positives)])
         return index
+
+    def _surviving_fraction(self, floor: Tensor) -> float:
+        """Fraction of the entries scoring at or above their group's ``floor`` (one host sync),
+        counted on every ``stride``-th row of a problem above :data:`SURVIVAL_SAMPLE` entries.
+        It only chooses the strategy (both are exact), so an estimate is enough."""
+        blocks = [self.live] + ([] if self.problem.constant is None else [self.problem.constant])
+        total = sum(block.numel() for block in blocks)
+        if total == 0:
+            return 0.0
+        stride = max(1, total // SURVIVAL_SAMPLE)
+        surviving = sum(torch.count_nonzero(block[::stride] >= floor) for block in blocks)
+        sampled = sum(block[::stride].numel() for block in blocks)
+        return int(surviving) / sampled
 
     def _gather(self, index: Tensor) -> Tensor:
         """Scores at flat indices of the problem (live entries, then constant rows)."""
@@ -183,16 +199,12 @@ class _Solver:
             sorted_pos = sort_positives(self.pos_scores, positives)
             self.rank_among = 1 + positives.group_end[positives.group] - sorted_pos.at_or_below
             floor = candidate_floor(positives, self.pos_scores)
-            live_at_or_above = self.live >= floor
-            surviving = torch.count_nonzero(live_at_or_above)
-            if self.problem.constant is not None:
-                surviving = surviving + torch.count_nonzero(self.problem.constant >= floor)
-            self.dense = int(surviving) > DENSE_FRACTION * self.length * groups
+            self.dense = self._surviving_fraction(floor) > DENSE_FRACTION
         if self.dense:
             bins = self._dense_forward(sorted_pos)
         else:
             with record_function(STAGES['filter']):
-                self.neg_index = self._candidates(floor, live_at_or_above)
+                self.neg_index = self._candidates(floor)
                 self.neg_group = self.neg_index % groups
                 self.neg_scores = self._gather(self.neg_index)
             with record_function(STAGES['place']):
@@ -272,7 +284,10 @@ class _Solver:
 
     def _shared_cell_entries(self, flags: Tensor) -> Tensor:
         """Ascending flat indices of the negatives whose cell is flagged."""
-        index = flags.index_select(0, self.cell).nonzero().squeeze(1)
+        owner: List[Tensor] = []
+        hit = scratch_pool.take(self.cell.numel(), torch.bool, self.cell.device, owner)
+        index = torch.index_select(flags, 0, self.cell, out=hit).nonzero().squeeze(1)
+        scratch_pool.give(owner)
         return index[~contains(self.not_negative, index)]
 
     def _dense_forward(self, sorted_pos) -> Tensor:
@@ -284,7 +299,10 @@ class _Solver:
         with record_function(STAGES['filter']):
             entries = self._entries()
             grid = self.grid = self._grid(entries)
-            self.cell = cells_of(grid, entries.view(-1, groups))
+            # the cells live until the backward, in a pooled block (scratch.py)
+            self.scratch: List[Tensor] = []
+            self.cell = cells_of(grid, entries.view(-1, groups), out=scratch_pool.take(
+                entries.numel(), torch.float32, entries.device, self.scratch))
             self.not_negative = self._not_negative()
             num_cells = groups * grid.cells
             counts = torch.bincount(self.cell, minlength=num_cells)
@@ -344,7 +362,12 @@ class _Solver:
         per_cell = (per_cell.view(groups, grid.cells) * (scale.view(-1, 1) if scale.dim()
                                                          else scale)).view(-1)
         per_cell[flags] = 0
-        values = per_cell.index_select(0, self.cell[:self.live_size])
+        live_cell = self.cell[:self.live_size]
+        # the first dense problem's values are the returned gradient (a fresh tensor); a later
+        # one's are added to it and die here (a pooled block)
+        values = per_cell.index_select(0, live_cell) if grad is None else torch.index_select(
+            per_cell, 0, live_cell, out=scratch_pool.take(live_cell.numel(), dtype,
+                                                          live_cell.device, self.scratch))
         not_negative = self.not_negative[self.not_negative < self.live_size]
         values[not_negative] = 0
         live = shared < self.live_size
@@ -355,7 +378,9 @@ class _Solver:
         pos_scale = scale if scale.dim() == 0 else scale[positives.group[is_live]]
         values.index_add_(0, positives.flat_index[is_live],
                           (rank_after - self.rank)[is_live].to(dtype) * pos_scale)
-        return values if grad is None else grad.add_(values)
+        grad = values if grad is None else grad.add_(values)
+        scratch_pool.give(self.scratch)  # the cells and the added values are dead now
+        return grad
 
     def _grad_scale(self, rank_after: Tensor, lambda_val: float, dtype: torch.dtype) -> Tensor:
         """Gradient per unit of rank change: the paper's ``1 / (λ n)`` (``-(rk(y) - rk(y')) /

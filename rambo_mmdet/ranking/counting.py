@@ -134,8 +134,7 @@ def candidate_floor(positives: PositiveSet, pos_floor: Tensor) -> Tensor:
 
 
 def negative_candidates(block: Tensor, floor: Tensor, offset: int, positives: PositiveSet,
-                        excluded: Optional[Tensor] = None,
-                        at_or_above: Optional[Tensor] = None) -> Tensor:
+                        excluded: Optional[Tensor] = None) -> Tensor:
     """Flat indices of the negatives of a ``[rows, G]`` score block that can matter: those
     scoring at or above the ``floor`` of their group (:func:`candidate_floor`).
 
@@ -145,14 +144,11 @@ def negative_candidates(block: Tensor, floor: Tensor, offset: int, positives: Po
         offset (int): flat index of ``block[0, 0]``.
         positives (PositiveSet): removed from the result.
         excluded (Tensor, optional): sorted flat indices that are no entries of the ranking.
-        at_or_above (Tensor, optional): ``block >= floor`` when the caller has it already.
 
     Returns:
         Tensor: ``[k]`` int64 flat indices, ascending.
     """
-    if at_or_above is None:
-        at_or_above = block >= floor
-    index = at_or_above.view(-1).nonzero().squeeze(1)
+    index = (block >= floor).view(-1).nonzero().squeeze(1)
     if offset:
         index += offset
     keep = ~contains(positives.flat_index, index)
@@ -225,7 +221,8 @@ class CellGrid(NamedTuple):
         return cls(low, scale, cells, num_groups)
 
 
-def cells_of(grid: CellGrid, scores: Tensor, group: Optional[Tensor] = None) -> Tensor:
+def cells_of(grid: CellGrid, scores: Tensor, group: Optional[Tensor] = None,
+             out: Optional[Tensor] = None) -> Tensor:
     """int32 cell of each score: ``group * cells + clamp(floor((s - low) * scale), 0, cells - 1)``.
 
     Every step is monotone (float32 subtraction and multiplication round monotonically, the
@@ -239,11 +236,17 @@ def cells_of(grid: CellGrid, scores: Tensor, group: Optional[Tensor] = None) -> 
         scores (Tensor): float32 scores; ``[rows, G]`` (any shape with ``G`` as the last
             dimension, flat index ``row * G + g``) when ``group`` is None, else ``[k]``.
         group (Tensor, optional): ``[k]`` group of each score.
+        out (Tensor, optional): a float32 buffer of ``scores.numel()`` elements to compute in
+            (the result is an int32 view of it).
 
     Returns:
         Tensor: int32 cells, flat (``[scores.numel()]``).
     """
-    position = (scores - grid.low).mul_(grid.scale).clamp_(0, grid.cells - 1)
+    if out is None:
+        position = scores - grid.low
+    else:
+        position = torch.sub(scores, grid.low, out=out.view(scores.shape))
+    position = position.mul_(grid.scale).clamp_(0, grid.cells - 1)
     # truncate to int32 in place (each element is read and written at the same address, which
     # an element-wise copy allows): no second buffer of the scores' size
     cell = position.view(torch.int32).copy_(position).view(-1)

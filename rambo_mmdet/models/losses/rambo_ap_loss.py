@@ -465,6 +465,17 @@ class RaMBOAPLoss(nn.Module):
                                       self.calib_bias.double()).sigmoid().to(cls_score.dtype)
         return torch.cat([scores, scores.new_zeros(scores.shape[0], 1)], dim=1)
 
+    def calibrated_logits(self, cls_score: Tensor) -> Tensor:
+        """``a * logit + b`` (the learned map, before the sigmoid), in the dtype of
+        ``cls_score``; ``cls_score`` itself with ``calibration=None``, inside
+        :meth:`identity_calibration`, or while the map is the identity. A per-class map needs
+        the classes in the last dimension."""
+        if (self.calibration is None or getattr(self, '_identity', False)
+                or bool((self.calib_scale == 1).all() & (self.calib_bias == 0).all())):
+            return cls_score
+        return calibrate_logits(cls_score.double(), self.calib_scale.double(),
+                                self.calib_bias.double()).to(cls_score.dtype)
+
     def get_accuracy(self, cls_score: Tensor, labels: Tensor) -> Dict[str, Tensor]:
         """Top-1 class accuracy (%) over the foreground samples (AP-trained scores have no
         meaningful foreground/background threshold, so background samples are left out)."""
