@@ -53,8 +53,8 @@ def solver_paths(monkeypatch):
     paths = []
     original = blackbox._Solver.forward
 
-    def forward(self):
-        result = original(self)
+    def forward(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
         paths.append(bool(self.dense))
         return result
 

@@ -814,3 +814,75 @@ def test_positive_set_without_positives():
     empty = PositiveSet.from_mask(torch.zeros(5, 3, dtype=torch.bool))
     assert empty.max_count == 0 and empty.flat_index.numel() == 0
     assert empty.group_start.tolist() == empty.group_end.tolist() == [0, 0, 0]
+
+
+def _trained_detection_batch(seed, n=160, classes=5):
+    """Logits of a trained detector (negatives far below, a few hard ones near the positives),
+    labels, and excluded rows: both rankings of detection_ap_loss run sparse."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.full((n, ), classes, dtype=torch.long)
+    rows = torch.randperm(n, generator=gen)[:n // 12]
+    labels[rows] = torch.randint(0, classes, (rows.numel(), ), generator=gen)
+    logits = torch.randn(n, classes, generator=gen) - 6.0
+    logits[rows, labels[rows]] += 6.5
+    hard = torch.randperm(n * classes, generator=gen)[:n // 4]
+    logits.view(-1)[hard] += 5.5
+    excluded = torch.randperm(n, generator=gen)[:9].sort().values
+    return logits, labels, excluded
+
+
+@pytest.mark.parametrize('seed', range(2))
+def test_sparse_problems_filter_the_scores_once(seed, monkeypatch, solver_paths):
+    """The per-class and the interclass ranking (both sparse) take their candidates from one
+    filtered list (the lowest floor's), with exactly the results of each filtering all scores,
+    and of a list that holds every entry (any superset of the candidates must do)."""
+    from rambo_mmdet.ranking import blackbox, detection_ap_loss
+
+    logits, labels, excluded = _trained_detection_batch(seed)
+
+    def run():
+        x = logits.clone().requires_grad_()
+        loss = detection_ap_loss(x, labels, excluded, None, 0.5, 0.15, 1 / 3)
+        loss.backward()
+        return loss.detach(), x.grad
+
+    filtered = []
+    index = blackbox._SharedCandidates.index
+
+    def spy(self):
+        filtered.append(self.floor)
+        return index(self)
+
+    monkeypatch.setattr(blackbox._SharedCandidates, 'index', spy)
+    shared = run()
+    assert solver_paths == [False, False]
+    assert len(filtered) == 2  # asked by both problems (computed once, cached)
+    monkeypatch.setattr(blackbox._SharedCandidates, 'index',
+                        lambda self: torch.arange(self.live.numel()))
+    everything = run()
+    # no sharing: each problem filters all scores itself
+    monkeypatch.setattr(blackbox.BlackboxPositiveRanks, 'forward',
+                        staticmethod(_forward_without_sharing))
+    alone = run()
+    for other in (everything, alone):
+        assert torch.equal(shared[0], other[0]) and torch.equal(shared[1], other[1])
+    kept = torch.ones(len(labels), dtype=torch.bool)
+    kept[excluded] = False
+    oracle = oracle_detection_loss(logits[kept], labels[kept], None, 0.5, 0.15, 1 / 3)
+    assert float(shared[0]) == pytest.approx(float(oracle), abs=1e-6)
+
+
+def _forward_without_sharing(ctx, live, problems, lambda_val, margin, grad_scale=None):
+    """BlackboxPositiveRanks.forward with every problem filtering all scores itself."""
+    from rambo_mmdet.ranking import blackbox
+    live = live.contiguous()
+    ctx.solvers = [blackbox._Solver(problem, live, margin) for problem in problems]
+    ctx.lambda_val, ctx.shape, ctx.grad_scale = lambda_val, live.shape, grad_scale
+    outputs = []
+    for solver in ctx.solvers:
+        solver.select()
+        rank, rank_among = solver.forward(None)
+        outputs += [rank.to(live.dtype) / solver.length,
+                    rank_among.to(live.dtype) / solver.length]
+    ctx.mark_non_differentiable(*outputs[1::2])
+    return tuple(outputs)

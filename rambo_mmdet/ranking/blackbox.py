@@ -21,9 +21,10 @@ positives down by α (rankings are invariant to a common shift), so the margin c
 
 Several :class:`RankingProblem` s over the same live scores (e.g. per-class rankings and the
 flattened interclass ranking of a detector's ``[N, C]`` logits) run in one autograd node that writes
-one gradient buffer. A problem may leave entries out (ignored samples, without copying the scores)
-and rank a constant block beside the live scores (a detached score memory: the sparse strategy
-reads it in place, the dense one joins it to the live scores once per call).
+one gradient buffer; those that run sparse filter the live scores once, at the lowest of their
+floors. A problem may leave entries out (ignored samples, without copying the scores) and rank a
+constant block beside the live scores (a detached score memory: the sparse strategy reads it in
+place, the dense one joins it to the live scores once per call).
 """
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
@@ -159,9 +160,9 @@ class _Solver:
             self.excluded_flat = (self.excluded[:, None] * groups
                                   + torch.arange(groups, device=live.device)).view(-1)
 
-    def _candidates(self, floor: Tensor) -> Tensor:
+    def _candidates(self, floor: Tensor, within: Optional[Tensor] = None) -> Tensor:
         positives = self.problem.positives
-        index = negative_candidates(self.live, floor, 0, positives, self.excluded_flat)
+        index = negative_candidates(self.live, floor, 0, positives, self.excluded_flat, within)
         if self.problem.constant is not None:
             index = torch.cat([index, negative_candidates(self.problem.constant, floor,
                                                           self.live_size, positives)])
@@ -193,18 +194,27 @@ class _Solver:
         return torch.where(is_live, live[index.clamp(max=self.live_size - 1)],
                            constant[(index - self.live_size).clamp(min=0)])
 
-    def forward(self) -> Tuple[Tensor, Tensor]:
-        positives, groups = self.problem.positives, self.problem.num_groups
+    def select(self) -> None:
+        """Sort the positives, find each group's candidate floor, choose the strategy."""
+        positives = self.problem.positives
         with record_function(STAGES['select']):
-            sorted_pos = sort_positives(self.pos_scores, positives)
-            self.rank_among = 1 + positives.group_end[positives.group] - sorted_pos.at_or_below
-            floor = candidate_floor(positives, self.pos_scores)
-            self.dense = self._surviving_fraction(floor) > DENSE_FRACTION
+            self.sorted_pos = sort_positives(self.pos_scores, positives)
+            self.rank_among = (1 + positives.group_end[positives.group]
+                               - self.sorted_pos.at_or_below)
+            self.floor = candidate_floor(positives, self.pos_scores)
+            self.dense = self._surviving_fraction(self.floor) > DENSE_FRACTION
+
+    def forward(self, shared: Optional['_SharedCandidates'] = None) -> Tuple[Tensor, Tensor]:
+        """Ranks of the positives (after :meth:`select`); ``shared``: the live entries at or
+        above a floor no higher than this problem's (sparse strategy)."""
+        positives, groups = self.problem.positives, self.problem.num_groups
+        sorted_pos, floor = self.sorted_pos, self.floor
         if self.dense:
             bins = self._dense_forward(sorted_pos)
         else:
             with record_function(STAGES['filter']):
-                self.neg_index = self._candidates(floor)
+                self.neg_index = self._candidates(
+                    floor, None if shared is None else shared.index())
                 self.neg_group = self.neg_index % groups
                 self.neg_scores = self._gather(self.neg_index)
             with record_function(STAGES['place']):
@@ -235,8 +245,7 @@ class _Solver:
             neg_index = self._candidates(floor)
             neg_group = neg_index % groups
             self.neg_scores = self._gather(neg_index)
-            placement = place_sparse(sort_positives(self.pos_scores, positives),
-                                     self.neg_scores, neg_group)
+            placement = place_sparse(self.sorted_pos, self.neg_scores, neg_group)
         placement_after = place_sparse(sorted_after, self.neg_scores, neg_group)
         rank_after += negatives_above(sorted_after, positives, sparse_bins(
             sorted_after, positives, placement_after, neg_group))
@@ -295,7 +304,6 @@ class _Solver:
         cell with a positive. Returns the bins of :func:`negatives_above` of those negatives;
         the negatives in cells above each positive's are counted in ``self.above_cells``."""
         positives, groups = self.problem.positives, self.problem.num_groups
-        self.sorted_pos = sorted_pos  # the backward places newly shared entries against it
         with record_function(STAGES['filter']):
             entries = self._entries()
             grid = self.grid = self._grid(entries)
@@ -406,6 +414,24 @@ class _Solver:
                            torch.zeros_like(gained))
 
 
+class _SharedCandidates:
+    """The live entries at or above the lowest candidate floor of several sparse problems
+    (ascending flat indices, found on first use): every candidate of each of them, so each
+    filters this short list with its own floors instead of all scores. (The per-class and
+    the interclass ranking of a detector share the positives, so the interclass floor, the
+    lowest positive of all, is the lowest.)"""
+
+    def __init__(self, live: Tensor, floors: Sequence[Tensor]) -> None:
+        self.live = live.reshape(-1)
+        self.floor = torch.stack([floor.min() for floor in floors]).min()
+        self._index: Optional[Tensor] = None
+
+    def index(self) -> Tensor:
+        if self._index is None:
+            self._index = (self.live >= self.floor).nonzero().squeeze(1)
+        return self._index
+
+
 class BlackboxPositiveRanks(torch.autograd.Function):
     """Normalised ranks of the positives of several ranking problems over the same live scores,
     with the blackbox backward (one gradient buffer for all problems).
@@ -433,9 +459,14 @@ class BlackboxPositiveRanks(torch.autograd.Function):
                     for p in problems]
         ctx.solvers = [_Solver(problem, live, margin) for problem in problems]
         ctx.lambda_val, ctx.shape, ctx.grad_scale = lambda_val, live.shape, grad_scale
+        for solver in ctx.solvers:
+            solver.select()
+        sparse = [solver for solver in ctx.solvers if not solver.dense]
+        # sparse problems over the same live scores filter them once, at the lowest floor
+        shared = _SharedCandidates(live, [s.floor for s in sparse]) if len(sparse) > 1 else None
         outputs, constants = [], []
         for solver in ctx.solvers:
-            rank, rank_among = solver.forward()
+            rank, rank_among = solver.forward(shared)
             rank_among_positives = rank_among.to(live.dtype) / solver.length
             outputs += [rank.to(live.dtype) / solver.length, rank_among_positives]
             constants.append(rank_among_positives)

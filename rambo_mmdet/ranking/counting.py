@@ -134,7 +134,8 @@ def candidate_floor(positives: PositiveSet, pos_floor: Tensor) -> Tensor:
 
 
 def negative_candidates(block: Tensor, floor: Tensor, offset: int, positives: PositiveSet,
-                        excluded: Optional[Tensor] = None) -> Tensor:
+                        excluded: Optional[Tensor] = None,
+                        within: Optional[Tensor] = None) -> Tensor:
     """Flat indices of the negatives of a ``[rows, G]`` score block that can matter: those
     scoring at or above the ``floor`` of their group (:func:`candidate_floor`).
 
@@ -144,11 +145,17 @@ def negative_candidates(block: Tensor, floor: Tensor, offset: int, positives: Po
         offset (int): flat index of ``block[0, 0]``.
         positives (PositiveSet): removed from the result.
         excluded (Tensor, optional): sorted flat indices that are no entries of the ranking.
+        within (Tensor, optional): ascending flat indices of ``block`` (``offset`` 0) that
+            include every entry at or above its floor (e.g. those at or above a lower floor):
+            only these are compared.
 
     Returns:
         Tensor: ``[k]`` int64 flat indices, ascending.
     """
-    index = (block >= floor).view(-1).nonzero().squeeze(1)
+    if within is None:
+        index = (block >= floor).view(-1).nonzero().squeeze(1)
+    else:
+        index = within[block.reshape(-1)[within] >= floor[within % block.shape[1]]]
     if offset:
         index += offset
     keep = ~contains(positives.flat_index, index)
