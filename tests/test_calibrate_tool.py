@@ -94,31 +94,43 @@ def _calibrate(ckpt, *args):
     return proc
 
 
-@pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory):
-    """(data root, checkpoint path, val detections, model state) of the random detector."""
-    from mmengine.runner.checkpoint import save_checkpoint, weights_to_cpu
-
+def random_detector(tmp, config, options=(), edit=None):
+    """(data root, cfg, model): a tiny FashionDet under ``tmp`` (the 64 px preset of the other
+    FashionDet tests, 2 training images) and ``config``'s detector with random weights (seed 0,
+    no pretrained backbone: see ``_options``; eval mode); ``edit(cfg)`` may change the config
+    first."""
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from rambo_mmdet.cli import load_config
     from rambo_mmdet.data.fashion_det import FashionDetConfig, build_fashion_det
 
-    tmp = tmp_path_factory.mktemp('calibrate_tool')
     data_root = str(tmp / 'fashion_det')
-    # the tiny preset of the other FashionDet tests (64 px), 2 training images (unused)
     build_fashion_det(data_root, FashionDetConfig.preset(
         'small', num_train=2, img_width=64, img_height=64, min_size=8, max_size=32,
         max_objects=3), workers=1, progress=False, log=lambda *_: None)
-
     register_all_modules()
-    cfg = load_config(CONFIG, cfg_options=_parse_options(
-        _options(data_root) + ['model.test_cfg.rcnn.score_thr=0.0']))
-    cfg.model.roi_head.bbox_head.loss_cls.calibration = None  # trained without the map
+    cfg = load_config(config, cfg_options=_parse_options(_options(data_root) + list(options)))
+    if edit is not None:
+        edit(cfg)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     model.init_weights()
     model.eval()
+    return data_root, cfg, model
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    """(data root, checkpoint path, val detections, model state) of the random detector."""
+    from mmengine.runner.checkpoint import save_checkpoint, weights_to_cpu
+
+    tmp = tmp_path_factory.mktemp('calibrate_tool')
+
+    def trained_without_the_map(cfg):
+        cfg.model.roi_head.bbox_head.loss_cls.calibration = None
+
+    data_root, cfg, model = random_detector(tmp, CONFIG, ['model.test_cfg.rcnn.score_thr=0.0'],
+                                            trained_without_the_map)
     state = weights_to_cpu(model.state_dict())
     assert not any('calib' in key for key in state)
     path = str(tmp / 'random.pth')

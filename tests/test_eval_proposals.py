@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import rambo_mmdet  # noqa: F401  (registers the losses and heads)
-from test_calibrate_tool import _parse_options
+from test_calibrate_tool import random_detector
 from test_demo import ROOT, _options
 
 TOOL = osp.join(ROOT, 'tools', 'eval_proposals.py')
@@ -27,23 +27,8 @@ def random_two_stage(tmp_path_factory):
     """(data root, checkpoint, model, cfg): the config's detector with random weights, saved."""
     from mmengine.runner.checkpoint import save_checkpoint, weights_to_cpu
 
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    from rambo_mmdet.cli import load_config
-    from rambo_mmdet.data.fashion_det import FashionDetConfig, build_fashion_det
-
     tmp = tmp_path_factory.mktemp('eval_proposals')
-    data_root = str(tmp / 'fashion_det')
-    build_fashion_det(data_root, FashionDetConfig.preset(
-        'small', num_train=2, img_width=64, img_height=64, min_size=8, max_size=32,
-        max_objects=3), workers=1, progress=False, log=lambda *_: None)
-    register_all_modules()
-    cfg = load_config(CONFIG, cfg_options=_parse_options(_options(data_root)))
-    cfg.model.backbone.init_cfg = None
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    model.eval()
+    data_root, cfg, model = random_detector(tmp, CONFIG)
     assert type(model.rpn_head).__name__ == 'RaMBORPNHead'
     path = str(tmp / 'random.pth')
     save_checkpoint(dict(state_dict=weights_to_cpu(model.state_dict())), path)
