@@ -79,3 +79,8 @@ def test_reads_coco_and_mmdet_pickles(tmp_path, capsys):
     report = json.loads(out.read_text())[str(pkl)]
     assert report['counts'] == breakdown(GT, DETECTIONS, 2)['counts']
     assert 'correct 33.3 %' in capsys.readouterr().out
+
+
+def test_an_image_without_ground_truth_gives_background():
+    report = breakdown(GT, [(3, [0, 0, 10, 10], 0.9, 0)], num_classes=2)
+    assert report['counts']['background'] == 1 and report['mean_recall'] == 0.0

@@ -28,55 +28,66 @@ import sys
 from typing import Dict, List
 
 import numpy as np
+import torch
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
+
+from rambo_mmdet.calibration import box_iou, match_detections  # noqa: E402
 
 KINDS = ('correct', 'duplicate', 'wrong_class', 'localisation', 'background')
 
 
-def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one ``[4]`` box (x1, y1, x2, y2) with ``[n, 4]`` boxes."""
-    x1, y1 = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
-    x2, y2 = np.minimum(box[2], boxes[:, 2]), np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-12)
+def detection_kinds(ground_truth: Dict[int, tuple], detections: List[tuple]) -> List[str]:
+    """The kind (:data:`KINDS`) of each detection, in the order given: matched per image with
+    :func:`rambo_mmdet.calibration.match_detections` (the rule of the calibration's ECE)."""
+    by_image: Dict[int, List[int]] = {}
+    for i, detection in enumerate(detections):
+        by_image.setdefault(detection[0], []).append(i)
+    kinds = [''] * len(detections)
+    for img, members in by_image.items():
+        boxes = torch.tensor([detections[i][1] for i in members],
+                             dtype=torch.float64).reshape(-1, 4)
+        scores = torch.tensor([detections[i][2] for i in members], dtype=torch.float64)
+        labels = torch.tensor([detections[i][3] for i in members])
+        gt_boxes, gt_labels = ground_truth.get(img, (np.zeros((0, 4)), np.zeros(0, int)))
+        gt_boxes = torch.as_tensor(gt_boxes, dtype=torch.float64).reshape(-1, 4)
+        gt_labels = torch.as_tensor(gt_labels, dtype=torch.long)
+        correct = match_detections(boxes, labels, scores, gt_boxes, gt_labels)
+        iou = box_iou(boxes, gt_boxes)
+        same = labels[:, None] == gt_labels[None, :]
+        # best IoU with a box of the detection's own class / of another class (-1: none)
+        own = other = torch.full((len(members), ), -1.0, dtype=torch.float64)
+        if iou.numel():
+            unset = torch.full_like(iou, -1.0)
+            own = torch.where(same, iou, unset).max(1).values
+            other = torch.where(same, unset, iou).max(1).values
+        for j, i in enumerate(members):
+            kinds[i] = ('correct' if correct[j] else 'duplicate' if own[j] >= 0.5
+                        else 'wrong_class' if other[j] >= 0.5
+                        else 'localisation' if own[j] >= 0.1 else 'background')
+    return kinds
 
 
 def breakdown(ground_truth: Dict[int, tuple], detections: List[tuple],
               num_classes: int) -> Dict:
     """``ground_truth``: image id -> (boxes [n, 4], labels [n]); ``detections``: (image id,
     box [4], score, label). Returns the report described in the module docstring."""
+    kinds = detection_kinds(ground_truth, detections)
     top = dict.fromkeys(KINDS, 0)
     total = dict.fromkeys(KINDS, 0)
     recalls, num_gt_all = [], 0
     for cls in range(num_classes):
-        own = sorted((d for d in detections if d[3] == cls), key=lambda d: -d[2])
+        # the class's detections by descending score (ties: the earlier one first)
+        own = sorted((i for i, d in enumerate(detections) if d[3] == cls),
+                     key=lambda i: -detections[i][2])
         num_gt = sum(int((labels == cls).sum()) for _, labels in ground_truth.values())
         num_gt_all += num_gt
-        matched = {img: np.zeros(len(labels), bool) for img, (_, labels) in ground_truth.items()}
-        for rank, (img, box, _, _) in enumerate(own):
-            boxes, labels = ground_truth.get(img, (np.zeros((0, 4)), np.zeros(0, int)))
-            iou = box_iou(np.asarray(box, float), boxes) if len(labels) else np.zeros(0)
-            same = labels == cls
-            kind = 'background'
-            if same.any() and iou[same].max() >= 0.5:
-                free = np.where(same & (iou >= 0.5) & ~matched[img])[0]
-                if len(free):
-                    matched[img][free[iou[free].argmax()]] = True
-                    kind = 'correct'
-                else:
-                    kind = 'duplicate'
-            elif (~same).any() and iou[~same].max() >= 0.5:
-                kind = 'wrong_class'
-            elif same.any() and iou[same].max() >= 0.1:
-                kind = 'localisation'
-            total[kind] += 1
+        for rank, i in enumerate(own):
+            total[kinds[i]] += 1
             if rank < num_gt:
-                top[kind] += 1
-        if num_gt:
-            found = sum(int(m[labels == cls].sum())
-                        for m, (_, labels) in zip(matched.values(), ground_truth.values()))
-            recalls.append(found / num_gt)
+                top[kinds[i]] += 1
+        if num_gt:  # each correct detection took a different ground-truth box
+            recalls.append(sum(kinds[i] == 'correct' for i in own) / num_gt)
     return dict(top_k_fraction={k: v / max(num_gt_all, 1) for k, v in top.items()},
                 counts=total, mean_recall=float(np.mean(recalls)) if recalls else 0.0,
                 ground_truth_boxes=num_gt_all, detections=len(detections))

@@ -94,7 +94,10 @@ def rpn_config(cfg, split: str):
 def summarize(paths, out=None) -> str:
     """Markdown table of --json reports: per config, AR mean ± sd over its checkpoints."""
     import statistics
-    reports = [json.load(open(path)) for path in paths]
+    reports = []
+    for path in paths:
+        with open(path) as f:
+            reports.append(json.load(f))
     by_config = {}
     for report in reports:
         by_config.setdefault(report['config'], []).append(report)

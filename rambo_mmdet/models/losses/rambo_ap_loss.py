@@ -451,30 +451,32 @@ class RaMBOAPLoss(nn.Module):
         """The classifier outputs one channel per class (no background channel)."""
         return num_classes
 
+    def _mapped(self, cls_score: Tensor) -> Optional[Tensor]:
+        """``a * logit + b`` in float64, or None while no map applies (``calibration=None``,
+        inside :meth:`identity_calibration`, or an identity map). Float64: float32 rounding of
+        ``a * logit (+ b)`` could merge neighbouring logits into ties (e.g. logits near -4
+        times a = 10: the product's float32 spacing exceeds the scaled spacing of the logits),
+        and ties reorder NMS / top-k selections."""
+        if (self.calibration is None or getattr(self, '_identity', False)
+                or bool((self.calib_scale == 1).all() & (self.calib_bias == 0).all())):
+            return None
+        return calibrate_logits(cls_score.double(), self.calib_scale.double(),
+                                self.calib_bias.double())
+
     def get_activation(self, cls_score: Tensor) -> Tensor:
         """``[N, C]`` logits -> ``[N, C + 1]`` scores: sigmoid of the calibrated logits (the
         logits themselves with ``calibration=None``), plus a zero background column."""
-        if (self.calibration is None or getattr(self, '_identity', False)
-                or bool((self.calib_scale == 1).all() & (self.calib_bias == 0).all())):
-            scores = cls_score.sigmoid()  # bit-identical to the scores before calibration
-        else:
-            # in float64: float32 rounding of a * logit (+ b) could merge neighbouring logits
-            # into ties (e.g. logits near -4 times a = 10: the product's float32 spacing exceeds
-            # the scaled spacing of the logits), and ties reorder NMS / top-k selections
-            scores = calibrate_logits(cls_score.double(), self.calib_scale.double(),
-                                      self.calib_bias.double()).sigmoid().to(cls_score.dtype)
+        mapped = self._mapped(cls_score)
+        # without a map: bit-identical to the scores before calibration
+        scores = cls_score.sigmoid() if mapped is None else mapped.sigmoid().to(cls_score.dtype)
         return torch.cat([scores, scores.new_zeros(scores.shape[0], 1)], dim=1)
 
     def calibrated_logits(self, cls_score: Tensor) -> Tensor:
         """``a * logit + b`` (the learned map, before the sigmoid), in the dtype of
-        ``cls_score``; ``cls_score`` itself with ``calibration=None``, inside
-        :meth:`identity_calibration`, or while the map is the identity. A per-class map needs
-        the classes in the last dimension."""
-        if (self.calibration is None or getattr(self, '_identity', False)
-                or bool((self.calib_scale == 1).all() & (self.calib_bias == 0).all())):
-            return cls_score
-        return calibrate_logits(cls_score.double(), self.calib_scale.double(),
-                                self.calib_bias.double()).to(cls_score.dtype)
+        ``cls_score``; ``cls_score`` itself while no map applies (see :meth:`_mapped`). A
+        per-class map needs the classes in the last dimension."""
+        mapped = self._mapped(cls_score)
+        return cls_score if mapped is None else mapped.to(cls_score.dtype)
 
     def get_accuracy(self, cls_score: Tensor, labels: Tensor) -> Dict[str, Tensor]:
         """Top-1 class accuracy (%) over the foreground samples (AP-trained scores have no
