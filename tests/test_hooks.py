@@ -78,7 +78,8 @@ def loss_call(loss_fn, scores, labels, valid=None):
 # ------------------------------------------------------------------------- the loss's stats
 @pytest.mark.parametrize('margin,ignore', [(0.0, False), (0.15, True)])
 def test_recorded_stats_match_a_direct_computation(margin, ignore):
-    loss_fn = build_loss(margin=margin, lambda_val=5.0, memory_batches=2)
+    # the ranking's gradient alone (test_gradient_fraction_counts_the_ranking_gradient_only)
+    loss_fn = build_loss(margin=margin, lambda_val=5.0, memory_batches=2, bce_weight=0.0)
     loss_fn.record_stats = True
     memory, fractions = None, []
     for step in range(3):  # the memory fills: L_mAP ranks the batch with the last 2 batches
@@ -96,6 +97,20 @@ def test_recorded_stats_match_a_direct_computation(margin, ignore):
             assert stats[key] == pytest.approx(value, abs=1e-5), (step, key)
         memory = _last_batches(step, ignore)  # what the loss remembers for the next step
     assert all(0 < f < 1 for f in fractions), fractions  # the count is not trivially 0 or 1
+
+
+def test_gradient_fraction_counts_the_ranking_gradient_only():
+    # the default cross-entropy term of RoI-like batches gives every score a gradient; grad_frac
+    # is the ranking's (the same as without the term)
+    scores, labels = random_batch(3, rows=200)
+    fractions = []
+    for bce_weight in (0.0, 0.5):
+        loss_fn = build_loss(memory_batches=0, bce_weight=bce_weight)
+        loss_fn.record_stats = True
+        _, grad = loss_call(loss_fn, scores, labels)
+        fractions.append(loss_fn.stats['grad_frac'].item())
+    assert (grad != 0).float().mean().item() == 1.0  # the total gradient is dense
+    assert fractions[0] == fractions[1] < 0.9, fractions
 
 
 def _last_batches(step, ignore):
@@ -128,7 +143,7 @@ def test_interclass_ap_agrees_with_sklearn():
 
 @pytest.mark.parametrize('beta', [0.0, 1.0])
 def test_a_term_with_weight_zero_is_not_reported(beta):
-    loss_fn = build_loss(interclass_weight=beta, memory_batches=0)
+    loss_fn = build_loss(interclass_weight=beta, memory_batches=0, bce_weight=0.0)
     loss_fn.record_stats = True
     scores, labels = random_batch(3)
     loss, _ = loss_call(loss_fn, scores, labels)

@@ -8,7 +8,7 @@ The paper's exact loss (``mode='paper'``) is checked against the oracles elsewhe
 - it moves every score in the paper's direction (same signs, same zero pattern; exactly
   proportional within one ranking);
 - the default ``auto`` is exactly the balanced gradient (margin 0.15) below 1/32 positives per
-  ranked row and exactly the paper's (margin 0) above;
+  ranked row and exactly the paper's (margin 0) plus half mmdet's sigmoid cross-entropy above;
 - a small dense head (1 % positives) and a RoI-like head (25 % positives) trained with the
   default mode reach at least the held-out mAP of FocalLoss and of softmax cross-entropy.
 """
@@ -58,8 +58,15 @@ def test_default_mode_and_its_settings():
     assert loss.memory.num_batches == 7 and loss.interclass_weight == pytest.approx(1 / 3)
     paper = RaMBOAPLoss(mode='paper')
     assert (paper.lambda_val, paper.margin, paper.balanced_gain) == (0.5, 0.15, None)
+    assert (loss.bce_weight, paper.bce_weight, RaMBOAPLoss(mode='balanced').bce_weight) == \
+        (0.5, 0.0, 0.0)
     with pytest.raises(ValueError, match='balanced_gain'):
         RaMBOAPLoss(mode='paper', balanced_gain=2.0)
+    for mode in ('paper', 'balanced'):
+        with pytest.raises(ValueError, match="bce_weight applies to mode='auto' only"):
+            RaMBOAPLoss(mode=mode, bce_weight=0.5)
+    with pytest.raises(ValueError, match='bce_weight must be >= 0'):
+        RaMBOAPLoss(bce_weight=-1.0)
     with pytest.raises(ValueError, match='mode'):
         RaMBOAPLoss(mode='fast')
 
@@ -102,7 +109,7 @@ def test_auto_mode_picks_by_positive_fraction(fraction, expected):
     scores, labels, _ = _scores_and_labels(20_000, 5, fraction, seed=2)
     # auto's margin: 0.15 with the balanced gradient, 0 with the paper's
     margin = 0.15 if expected == 'balanced' else 0.0
-    auto = _grad('auto', scores, labels)
+    auto = _grad('auto', scores, labels, bce_weight=0.0)
     same = _grad(expected, scores, labels, margin=margin)
     other = _grad('paper' if expected == 'balanced' else 'balanced', scores, labels,
                   margin=margin)
@@ -111,12 +118,54 @@ def test_auto_mode_picks_by_positive_fraction(fraction, expected):
     assert not torch.allclose(auto, other)
     assert not torch.equal(auto, _grad(expected, scores, labels, margin=0.15 - margin))
     # the value is the paper's loss at the margin in use
-    assert RaMBOAPLoss(memory_batches=0)(scores, labels) == \
+    assert RaMBOAPLoss(memory_batches=0, bce_weight=0.0)(scores, labels) == \
         RaMBOAPLoss(mode='paper', margin=margin, memory_batches=0)(scores, labels)
-    # the loss value is the paper's (margin 0) in every mode
-    values = [RaMBOAPLoss(mode=m, margin=0.0, memory_batches=0)(scores, labels)
+    # the ranking loss value is the paper's (margin 0) in every mode
+    values = [RaMBOAPLoss(mode=m, margin=0.0, memory_batches=0,
+                          **(dict(bce_weight=0.0) if m == 'auto' else {}))(scores, labels)
               for m in ('auto', 'balanced', 'paper')]
     assert values[0] == values[1] == values[2]
+
+
+def _sigmoid_ce_oracle(scores, labels, weight):
+    """mmdet's sigmoid CrossEntropyLoss as a box head computes it (avg_factor = rows), on the
+    rows whose label weight is > 0."""
+    rows = weight > 0
+    return CrossEntropyLoss(use_sigmoid=True)(scores[rows], labels[rows],
+                                              avg_factor=int(rows.sum()))
+
+
+@pytest.mark.parametrize('memory_batches', [0, 3])
+def test_auto_adds_sigmoid_cross_entropy_to_the_paper_gradient(memory_batches):
+    # RoI-like batches (20 % positives, the paper's gradient): auto = the paper's ranking loss
+    # (margin 0) + bce_weight * mmdet's sigmoid cross-entropy, value and gradient; ignored rows
+    # are left out of both
+    auto = RaMBOAPLoss(memory_batches=memory_batches, calibration=None)
+    paper = RaMBOAPLoss(mode='paper', margin=0.0, memory_batches=memory_batches,
+                        calibration=None)
+    for seed in range(3):  # fills the memories alike
+        scores, labels, _ = _scores_and_labels(2000, 5, 0.2, seed=seed)
+        weight = (torch.rand(2000, generator=torch.Generator().manual_seed(seed)) > 0.1).float()
+        a = scores.clone().requires_grad_()
+        p = scores.clone().requires_grad_()
+        o = scores.clone().requires_grad_()
+        value = auto(a, labels, weight)
+        expected = paper(p, labels, weight) + 0.5 * _sigmoid_ce_oracle(o, labels, weight)
+        torch.testing.assert_close(value, expected)
+        value.backward()
+        expected.backward()
+        torch.testing.assert_close(a.grad, p.grad + o.grad)
+        assert torch.count_nonzero(a.grad[weight == 0]) == 0
+        assert torch.count_nonzero(o.grad) > 0.8 * a.numel()  # dense, unlike the ranking's
+
+
+def test_auto_has_no_cross_entropy_with_the_balanced_gradient():
+    # dense-head batches (1 % positives): the balanced ranking gradient alone
+    scores, labels, _ = _scores_and_labels(20_000, 5, 0.01, seed=4)
+    assert torch.equal(_grad('auto', scores, labels), _grad('auto', scores, labels,
+                                                             bce_weight=0.0))
+    assert torch.equal(_grad('auto', scores, labels, bce_weight=2.0),
+                       _grad('balanced', scores, labels))
 
 
 # ----------------------------------------------------------------------------- toy heads
@@ -188,4 +237,4 @@ def test_roi_toy_head_trains_at_least_as_well_as_cross_entropy():
 def test_modes_table_is_documented():
     assert set(MODES) == {'auto', 'balanced', 'paper'}
     assert MODES['paper'] == dict(lambda_val=0.5, margin=0.15, balanced_margin=0.15,
-                                  balanced_gain=None, balanced_below=None)
+                                  balanced_gain=None, balanced_below=None, bce_weight=0.0)

@@ -8,5 +8,6 @@ model = dict(
     roi_head=dict(
         bbox_head=dict(
             # the shipped RoI-head loss: mode 'auto' (the paper's gradient here, with 25 %
-            # positive RoIs) with margin 0, tau 7 (see configs/_base_/rambo_losses.py)
+            # positive RoIs) with margin 0, tau 7, plus 0.5 x the sigmoid cross-entropy of the
+            # same logits (see configs/_base_/rambo_losses.py)
             loss_cls={{_base_.rambo_box_head_loss}})))

@@ -5,8 +5,9 @@
 # AR@100 / AR@1000 35.3 / 39.7 vs the stock RPN's 56.5 / 58.1 (3 seeds): RaMBO does not train
 # an RPN as well as cross-entropy yet (README, "Known limitations").
 # The RPN ranks the anchors its sampler picked (256 per image, up to 50 % positives, one class):
-# mode 'auto' gives it the paper's gradient with margin 0 and the paper's score memory, the
-# RoI-head setting of configs/_base_/rambo_losses.py.
+# mode 'auto' gives it the paper's gradient with margin 0, the paper's score memory and the
+# sigmoid cross-entropy term, the RoI-head setting of configs/_base_/rambo_losses.py (the AR
+# above is of a run before that term; with it the logits run away the same way, README).
 _base_ = ['./faster_rcnn_r18_fashion_ce.py', '../_base_/rambo_losses.py']
 
 model = dict(

@@ -5,8 +5,8 @@ Imports nothing from mmdet or mmcv.
 from .blackbox import (STAGES, BlackboxPositiveRanks, GradScale, RankingProblem, rank_positives,
                        rank_problems, route_output_grad)
 from .counting import PositiveSet
-from .losses import (as_positive_set, average_precision_loss, check_scores, detection_ap_loss,
-                     mean_ap_loss, recall_loss)
+from .losses import (as_positive_set, average_precision_loss, balanced_gradient_applies,
+                     check_scores, detection_ap_loss, mean_ap_loss, recall_loss)
 from .memory import ScoreMemory
 from .reference import ArgsortBlackboxRanks, argsort_ranks
 from .scratch import release_scratch
@@ -14,7 +14,7 @@ from .scratch import release_scratch
 __all__ = [
     'BlackboxPositiveRanks', 'GradScale', 'route_output_grad', 'RankingProblem', 'rank_problems',
     'rank_positives', 'STAGES', 'PositiveSet',
-    'as_positive_set', 'average_precision_loss', 'check_scores', 'detection_ap_loss',
-    'mean_ap_loss', 'recall_loss', 'ScoreMemory', 'ArgsortBlackboxRanks', 'argsort_ranks',
+    'as_positive_set', 'average_precision_loss', 'balanced_gradient_applies', 'check_scores',
+    'detection_ap_loss', 'mean_ap_loss', 'recall_loss', 'ScoreMemory', 'ArgsortBlackboxRanks', 'argsort_ranks',
     'release_scratch'
 ]

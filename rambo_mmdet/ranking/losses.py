@@ -17,7 +17,7 @@ from .blackbox import GradScale, RankingProblem, rank_positives, rank_problems
 from .counting import PositiveSet
 
 __all__ = ['check_scores', 'as_positive_set', 'average_precision_loss', 'mean_ap_loss',
-           'recall_loss', 'detection_ap_loss']
+           'recall_loss', 'detection_ap_loss', 'balanced_gradient_applies']
 
 
 def check_scores(scores: Tensor, name: str = 'scores') -> None:
@@ -139,6 +139,17 @@ def recall_loss(scores: Tensor, positive: Union[Tensor, PositiveSet], lambda_val
     return loss.mean()
 
 
+def balanced_gradient_applies(num_positives: int, ranked_rows: int,
+                              balanced_gain: Optional[float],
+                              balanced_below: Optional[float]) -> bool:
+    """Whether :func:`detection_ap_loss` uses the balanced gradient: ``balanced_gain`` is set
+    and, with ``balanced_below``, the positives of the ``L_mAP`` ranking (batch and memory) are
+    fewer than that fraction of its ``ranked_rows`` (valid rows plus memory rows)."""
+    if balanced_gain is None:
+        return False
+    return balanced_below is None or num_positives < balanced_below * ranked_rows
+
+
 def detection_ap_loss(scores: Tensor,
                       labels: Tensor,
                       excluded_rows: Optional[Tensor] = None,
@@ -194,13 +205,12 @@ def detection_ap_loss(scores: Tensor,
     memory_rows = None
     if memory is not None and memory[0].shape[0]:
         memory_rows = (memory[1] < num_classes).nonzero().squeeze(1)
-    if balanced_gain is not None and balanced_below is not None:
-        num_memory = 0 if memory_rows is None else memory[0].shape[0]
-        num_excluded = 0 if excluded_rows is None else excluded_rows.numel()
-        ranked_rows = num_rows - num_excluded + num_memory
-        num_positives = rows.numel() + (0 if memory_rows is None else memory_rows.numel())
-        if num_positives >= balanced_below * ranked_rows:
-            balanced_gain = None
+    num_memory = 0 if memory_rows is None else memory[0].shape[0]
+    num_excluded = 0 if excluded_rows is None else excluded_rows.numel()
+    if not balanced_gradient_applies(
+            rows.numel() + (0 if memory_rows is None else memory_rows.numel()),
+            num_rows - num_excluded + num_memory, balanced_gain, balanced_below):
+        balanced_gain = None
     if balanced_gain is not None and balanced_margin is not None:
         margin = balanced_margin
 
