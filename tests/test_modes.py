@@ -20,6 +20,8 @@ from sklearn.metrics import average_precision_score
 
 from rambo_mmdet.models.losses import RaMBOAPLoss
 from rambo_mmdet.models.losses.rambo_ap_loss import MODES
+from rambo_mmdet.ranking import (ScoreMemory, detection_ap_loss, detection_ranking_loss,
+                                 pointwise_term, sigmoid_cross_entropy)
 
 
 def _scores_and_labels(n, num_classes, fraction, seed=0):
@@ -48,7 +50,7 @@ def _positive_mass(mode, n, fraction):
 def test_default_mode_and_its_settings():
     loss = RaMBOAPLoss()
     assert loss.mode == 'auto'
-    assert (loss.lambda_val, loss.margin, loss.balanced_gain) == (0.5, 0.0, 10.0)
+    assert (loss.lambda_val, loss.margin, loss.balanced_gain) == (0.5, 0.0, 1.0)
     assert loss.balanced_margin == 0.15
     assert RaMBOAPLoss(mode='balanced').balanced_margin == 0.15
     # an explicit margin applies with either gradient
@@ -168,6 +170,44 @@ def test_auto_has_no_cross_entropy_with_the_balanced_gradient():
                        _grad('balanced', scores, labels))
 
 
+@pytest.mark.parametrize('memory_batches', [0, 3])
+def test_detection_ranking_loss_reports_the_gradient_regime(memory_batches):
+    # the regime is counted once, in the core, over the batch and the memory
+    kwargs = dict(balanced_gain=10.0, balanced_below=1 / 32, margin=0.0, balanced_margin=0.15)
+    memory = ScoreMemory(memory_batches, 4096)
+    for seed, fraction in enumerate([0.2, 0.01, 0.01, 0.01]):
+        scores, labels, _ = _scores_and_labels(1000, 5, fraction, seed=seed)
+        contents = memory.contents(scores) if memory_batches else None
+        expected = detection_ap_loss(scores, labels, memory=contents, **kwargs)
+        loss, balanced = detection_ranking_loss(scores, labels, memory=contents, **kwargs)
+        assert torch.equal(loss, expected)
+        # 20 % positives in the memory keep the next call above 1/32 positives per ranked row
+        positives = (labels < 5).sum() + (0 if contents is None else (contents[1] < 5).sum())
+        ranked = 1000 + (0 if contents is None else contents[0].shape[0])
+        assert balanced == bool(positives < ranked / 32), (seed, positives, ranked)
+        if memory_batches:
+            memory.push(scores, labels)
+    assert not detection_ranking_loss(scores, labels).balanced  # no gain: the paper's gradient
+    assert detection_ranking_loss(scores, labels, balanced_gain=1.0).balanced  # no threshold
+
+
+def test_pointwise_term_is_mmdets_sigmoid_cross_entropy_in_paper_gradient_calls():
+    scores, labels, _ = _scores_and_labels(3000, 4, 0.05, seed=7)
+    weight = (torch.rand(3000, generator=torch.Generator().manual_seed(7)) > 0.2).float()
+    valid = weight > 0
+    a, o = scores.clone().requires_grad_(), scores.clone().requires_grad_()
+    value, expected = sigmoid_cross_entropy(a, labels, valid), _sigmoid_ce_oracle(o, labels, weight)
+    torch.testing.assert_close(value, expected)
+    value.backward()
+    expected.backward()
+    torch.testing.assert_close(a.grad, o.grad)
+    assert torch.equal(pointwise_term(scores, labels, valid, False, 2.0),
+                       2.0 * sigmoid_cross_entropy(scores, labels, valid))
+    # none with the balanced gradient (dense heads), none at weight 0
+    assert pointwise_term(scores, labels, valid, True, 2.0) is None
+    assert pointwise_term(scores, labels, valid, False, 0.0) is None
+
+
 # ----------------------------------------------------------------------------- toy heads
 def _toy_batch(n, num_classes, fraction, gen):
     """Features with a class-dependent mean (noise 1.5x the class separation)."""
@@ -238,3 +278,5 @@ def test_modes_table_is_documented():
     assert set(MODES) == {'auto', 'balanced', 'paper'}
     assert MODES['paper'] == dict(lambda_val=0.5, margin=0.15, balanced_margin=0.15,
                                   balanced_gain=None, balanced_below=None, bce_weight=0.0)
+    assert MODES['auto']['balanced_gain'] == MODES['balanced']['balanced_gain'] == 1.0
+    assert MODES['auto']['bce_weight'] == 0.5

@@ -114,3 +114,22 @@ def test_absolute_work_dirs_inside_the_checkout_are_shown_relative():
     assert results_table._shown_path('work_dirs/x') == 'work_dirs/x'
     runs = [dict(seed=3, work_dir=inside)]
     assert results_table._logs(runs) == 's3: `work_dirs/quality/retinanet_rambo_s3`'
+
+
+def test_several_sources_give_one_table_rows_in_order(quality_json, tmp_path):
+    # a second benchmark output (e.g. the longer RetinaNet schedule): its rows follow the first's
+    longer = json.loads(json.dumps(QUALITY))
+    longer['settings'] = dict(iters=4500)
+    longer['summary']['arms'] = longer['summary']['arms'][:1]
+    for run in longer['runs']:
+        run['settings'] = dict(iters=4500)
+    second = tmp_path / 'long.json'
+    second.write_text(json.dumps(longer))
+    proc = subprocess.run([sys.executable, SCRIPT, str(quality_json), str(second)],
+                          capture_output=True, text=True, check=True)
+    lines = proc.stdout.splitlines()
+    rows = lines[lines.index('|---|---|---|---|---|---|---|---|') + 1:]
+    assert rows[:2] == ROWS
+    assert rows[2] == ROWS[0].replace('| 300 it |', '| 4500 it |')
+    assert len(rows) == 3
+    assert f'`{quality_json}` (code snapshot `abc123`) and `{second}`' in lines[0]

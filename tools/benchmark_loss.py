@@ -139,7 +139,6 @@ from rambo_mmdet.ranking import (ArgsortBlackboxRanks, PositiveSet, ScoreMemory,
 
 #: the core's fused detection loss (both terms in one blackbox node), where the core has it
 detection_ap_loss = getattr(ranking, 'detection_ap_loss', None)
-balanced_gradient_applies = getattr(ranking, 'balanced_gradient_applies', None)
 
 # ------------------------------------------------------------------------------ settings
 LAMBDA = 0.5           # blackbox interpolation λ (paper's detection default)
@@ -170,7 +169,7 @@ SCALE_METHODS = ('rambo', 'rambo-paper', 'focal')
 STAGED_METHODS = ('rambo', 'rambo-paper', 'rambo+memory')
 #: the shipped dense-head loss (configs/_base_/rambo_losses.py, mode 'auto' of RaMBOAPLoss), for
 #: the core rebuild without mmdet (checked equal to RaMBOAPLoss where mmdet is present)
-SHIPPED_DENSE = dict(lambda_val=0.5, margin=0.0, balanced_gain=10.0, balanced_below=1 / 32,
+SHIPPED_DENSE = dict(lambda_val=0.5, margin=0.0, balanced_gain=1.0, balanced_below=1 / 32,
                      balanced_margin=0.15)
 #: mode 'auto''s sigmoid cross-entropy term, in the calls with the paper's gradient only (never
 #: at the benchmark's dense sizes; the tiny exactness-check size has 37 % positives)
@@ -300,22 +299,13 @@ def shipped_core_loss(cls_score: Tensor, labels: Tensor, label_weights: Optional
     scores = cls_score.float()
     contents = memory.contents(scores) if memory is not None else None
     excluded = excluded_rows(label_weights)
-    loss = detection_ap_loss(scores, labels.long(), excluded, contents,
-                             interclass_weight=BETA, **SHIPPED_DENSE)
-    valid = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
-    if excluded is not None:
-        valid[excluded] = False
-    num_classes = scores.shape[1]
-    positives = int(((labels < num_classes) & valid).sum())
-    ranked = int(valid.sum())
-    if contents is not None:
-        positives += int((contents[1] < num_classes).sum())
-        ranked += contents[0].shape[0]
-    if not balanced_gradient_applies(positives, ranked, SHIPPED_DENSE['balanced_gain'],
-                                     SHIPPED_DENSE['balanced_below']):
-        targets = labels[valid, None] == torch.arange(num_classes, device=labels.device)
-        loss = loss + SHIPPED_BCE_WEIGHT * F.binary_cross_entropy_with_logits(
-            scores[valid], targets.float(), reduction='sum') / max(int(valid.sum()), 1)
+    loss, balanced = ranking.detection_ranking_loss(scores, labels.long(), excluded, contents,
+                                                    interclass_weight=BETA, **SHIPPED_DENSE)
+    valid = None if label_weights is None else kept_rows(label_weights)
+    pointwise = ranking.pointwise_term(scores, labels.long(), valid, balanced,
+                                       SHIPPED_BCE_WEIGHT)
+    if pointwise is not None:
+        loss = loss + pointwise
     if memory is not None:
         memory.push(scores, labels.long(),
                     None if label_weights is None else kept_rows(label_weights))

@@ -8,7 +8,7 @@ bfloat16 included) and return float32.
 Margin α: before ranking, negatives are shifted up by α/2 and positives down by α/2, so a positive
 must beat a negative by α to rank above it (applied inside the ranker, to the positives only).
 """
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -17,7 +17,8 @@ from .blackbox import GradScale, RankingProblem, rank_positives, rank_problems
 from .counting import PositiveSet
 
 __all__ = ['check_scores', 'as_positive_set', 'average_precision_loss', 'mean_ap_loss',
-           'recall_loss', 'detection_ap_loss', 'balanced_gradient_applies']
+           'recall_loss', 'detection_ap_loss', 'detection_ranking_loss', 'DetectionRankingLoss',
+           'balanced_gradient_applies']
 
 
 def check_scores(scores: Tensor, name: str = 'scores') -> None:
@@ -150,17 +151,31 @@ def balanced_gradient_applies(num_positives: int, ranked_rows: int,
     return balanced_below is None or num_positives < balanced_below * ranked_rows
 
 
-def detection_ap_loss(scores: Tensor,
-                      labels: Tensor,
-                      excluded_rows: Optional[Tensor] = None,
-                      memory: Optional[Tuple[Tensor, Tensor]] = None,
-                      lambda_val: float = 0.5,
-                      margin: float = 0.15,
-                      interclass_weight: float = 1.0 / 3.0,
-                      grad_scale: Optional[GradScale] = None,
-                      balanced_gain: Optional[float] = None,
-                      balanced_below: Optional[float] = None,
-                      balanced_margin: Optional[float] = None) -> Tensor:
+class DetectionRankingLoss(NamedTuple):
+    """What :func:`detection_ranking_loss` returns."""
+    #: float32 scalar, the value of :func:`detection_ap_loss`
+    loss: Tensor
+    #: whether the call used the balanced gradient (decided once, from the call's counts)
+    balanced: bool
+
+
+def detection_ap_loss(scores: Tensor, labels: Tensor, *args, **kwargs) -> Tensor:
+    """RaMBO's detection loss ``(1 - β) L_mAP + β L_APC``, a float32 scalar: the ``loss`` of
+    :func:`detection_ranking_loss` (same arguments)."""
+    return detection_ranking_loss(scores, labels, *args, **kwargs).loss
+
+
+def detection_ranking_loss(scores: Tensor,
+                           labels: Tensor,
+                           excluded_rows: Optional[Tensor] = None,
+                           memory: Optional[Tuple[Tensor, Tensor]] = None,
+                           lambda_val: float = 0.5,
+                           margin: float = 0.15,
+                           interclass_weight: float = 1.0 / 3.0,
+                           grad_scale: Optional[GradScale] = None,
+                           balanced_gain: Optional[float] = None,
+                           balanced_below: Optional[float] = None,
+                           balanced_margin: Optional[float] = None) -> DetectionRankingLoss:
     """RaMBO's detection loss ``(1 - β) L_mAP + β L_APC`` on a ``[N, C]`` score matrix.
 
     ``L_mAP``: mean of ``1 - AP_c`` over the classes with positives, each class ranking the
@@ -186,12 +201,14 @@ def detection_ap_loss(scores: Tensor,
         balanced_below (float, optional): with ``balanced_gain``: use the balanced gradient only
             when the positives of the ``L_mAP`` ranking are fewer than this fraction of its rows
             (valid rows plus memory rows), the paper's gradient otherwise (``None``: always the
-            balanced one). Decided per call from tensor shapes (no host sync).
+            balanced one). Decided per call from the count of positive rows, which the ranker
+            needs anyway (no extra host sync).
         balanced_margin (float, optional): the margin α used instead of ``margin`` when the call
             uses the balanced gradient (``None``: ``margin`` in both cases).
 
     Returns:
-        Tensor: float32 scalar; a term without positives contributes 0 (with a zero gradient).
+        DetectionRankingLoss: ``loss``, a float32 scalar (a term without positives contributes
+        0, with a zero gradient), and ``balanced``: whether the call used the balanced gradient.
     """
     num_rows, num_classes = scores.shape
     live = scores.float()
@@ -207,9 +224,10 @@ def detection_ap_loss(scores: Tensor,
         memory_rows = (memory[1] < num_classes).nonzero().squeeze(1)
     num_memory = 0 if memory_rows is None else memory[0].shape[0]
     num_excluded = 0 if excluded_rows is None else excluded_rows.numel()
-    if not balanced_gradient_applies(
-            rows.numel() + (0 if memory_rows is None else memory_rows.numel()),
-            num_rows - num_excluded + num_memory, balanced_gain, balanced_below):
+    balanced = balanced_gradient_applies(
+        rows.numel() + (0 if memory_rows is None else memory_rows.numel()),
+        num_rows - num_excluded + num_memory, balanced_gain, balanced_below)
+    if not balanced:
         balanced_gain = None
     if balanced_gain is not None and balanced_margin is not None:
         margin = balanced_margin
@@ -245,4 +263,4 @@ def detection_ap_loss(scores: Tensor,
             per_group, has_positive = _ap_loss_per_group(scores, rank, rank_among,
                                                           problem.positives)
             terms.append(weight * per_group.sum() / has_positive.sum().clamp(min=1))
-    return sum(terms) if terms else _zero_loss(scores)
+    return DetectionRankingLoss(sum(terms) if terms else _zero_loss(scores), balanced)
