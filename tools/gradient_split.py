@@ -1,7 +1,7 @@
 """Gradient norm per parameter group from each loss term alone: who drives the shared layers.
 
-For a few training batches of a config (at its initial weights, or a checkpoint's), backpropagate
-each loss term of the model's loss dict on its own (``loss_cls``, ``loss_bbox``, ...; a list of
+For a few training batches of a config (at its initial weights, or a checkpoint's), one forward
+pass each, backpropagate each loss term of the model's loss dict on its own (``loss_cls``, ``loss_bbox``, ...; a list of
 per-level terms is summed) and record the L2 norm of the gradient it gives each parameter group
 (parameters grouped by name prefix: by default the model's top-level children, and the head's
 children one level deeper). Reported per term and group: the mean norm over the batches, and for
@@ -39,7 +39,8 @@ def parse_args(argv=None):
                    help='parameter-name prefixes (default: top-level children, and the children '
                    'of bbox_head / rpn_head / roi_head.bbox_head)')
     p.add_argument('--out', default=None, help='write the report as JSON here')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seed', type=int, default=0,
+                   help='randomness.seed of the run: head initialisation and batch order')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, default=None)
     return p.parse_args(argv)
 
@@ -84,7 +85,8 @@ def _term_value(value):
 def split(cfg, checkpoint=None, batches=4, terms=None, groups=None, seed=0):
     """The report (a dict) for the config ``cfg`` (an mmengine ``Config``)."""
     from mmengine.runner import Runner
-    torch.manual_seed(seed)
+    # the runner seeds everything (head initialisation, data order) from randomness.seed
+    cfg.randomness = dict(cfg.get('randomness') or {}, seed=seed)
     cfg.train_dataloader.num_workers = 0
     cfg.train_dataloader.persistent_workers = False
     runner = Runner.from_cfg(cfg)
@@ -103,15 +105,15 @@ def split(cfg, checkpoint=None, batches=4, terms=None, groups=None, seed=0):
         except StopIteration:
             break
         data = model.data_preprocessor(batch, True)
-        names = terms
-        if names is None:
-            with torch.no_grad():
-                names = [k for k in model(**data, mode='loss') if k.startswith('loss')]
+        losses = model(**data, mode='loss')  # one forward; each term backpropagated on its own
+        names = terms or [k for k in losses if k.startswith('loss')]
         if sums is None:
             sums = OrderedDict((t, OrderedDict((g, 0.0) for g in groups)) for t in names)
-        for term in names:
+        for i, term in enumerate(names):
             model.zero_grad(set_to_none=True)
-            _term_value(model(**data, mode='loss')[term]).backward()
+            value = _term_value(losses[term])
+            if torch.is_tensor(value) and value.requires_grad:
+                value.backward(retain_graph=i < len(names) - 1)
             for g, norm in group_norms(model, groups).items():
                 sums[term][g] += norm
         done += 1

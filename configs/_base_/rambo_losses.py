@@ -13,8 +13,8 @@
 #   with the paper's margin 0.15 (with margin 0 the classifier's features at positive anchors
 #   die within ~150 iterations; RetinaNet validation AP50 at 600 iterations 21.3 with it, 13.2
 #   without, focal 14.8). Gain 1, not the earlier 10: with 10 the ranking drove the backbone and
-#   FPN, which the box branch shares, 3.5x (start) to 12-15x (end) harder than the box loss
-#   (focal: 0.13x to 1x; gain 1: 0.6x to 1.7x; tools/gradient_split.py) and RetinaNet lost
+#   FPN, which the box branch shares, 4-5x (start) to 17-22x (end) harder than the box loss
+#   (focal: 0.13x to 1x; gain 1: 0.4-0.5x to 1.9x; tools/gradient_split.py) and RetinaNet lost
 #   AP75; 4500 iterations, seed 0,
 #   mAP / AP50 / AP75: gain 10 26.9 / 44.9 / 28.9, gain 1 28.5 / 45.5 / 31.5, focal 28.0 /
 #   42.8 / 31.4 (README "Modes");

@@ -87,8 +87,8 @@ class RaMBOAPLoss(nn.Module):
       nor on the positive fraction, while the paper's shrinks with the fraction (measured: ~3x
       from 1 % to 0.2 % positives), which leaves a dense head almost no gradient. With gain 1 the
       classification gradient reaching the shared backbone and FPN stays of the order of the box
-      regression's, as focal's does (gain 10, the earlier default, drove them 3.5x (start) to
-      12-15x (end of training) harder than the box loss, and the RetinaNet twin lost AP75;
+      regression's, as focal's does (gain 10, the earlier default, drove them 4-5x (start) to
+      17-22x (end of training) harder than the box loss, and the RetinaNet twin lost AP75;
       measured with ``tools/gradient_split.py``).
     - ``'paper'``: the paper's exact loss and gradient (λ 0.5, α 0.15, τ 7, β 1/3).
 
