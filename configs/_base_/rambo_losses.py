@@ -15,9 +15,9 @@
 #   without, focal 14.8). Gain 1, not the earlier 10: with 10 the ranking drove the backbone and
 #   FPN, which the box branch shares, 4-5x (start) to 17-22x (end) harder than the box loss
 #   (focal: 0.13x to 1x; gain 1: 0.4-0.5x to 1.9x; tools/gradient_split.py) and RetinaNet lost
-#   AP75; 4500 iterations, seed 0,
-#   mAP / AP50 / AP75: gain 10 26.9 / 44.9 / 28.9, gain 1 28.5 / 45.5 / 31.5, focal 28.0 /
-#   42.8 / 31.4 (README "Modes");
+#   AP75; 4500 iterations, seed 0, mAP / AP50 / AP75: gain 10 26.9 / 44.9 / 28.9, gain 1
+#   28.5 / 45.5 / 31.5, focal 28.0 / 42.8 / 31.4; 4 seeds, gain 1 - focal: mAP +0.5 +- 0.6,
+#   AP50 +2.7 +- 0.3, AP75 0.0 +- 1.0 (README "Modes", "Quality");
 # - RoI box heads (25 % positives) keep the paper's gradient (the balanced one made them diverge)
 #   with margin 0: from a fresh classifier (logits within a few hundredths) the margin 0.15 puts
 #   every positive out of reach of the paper's perturbation (Faster R-CNN mAP at 600 iterations

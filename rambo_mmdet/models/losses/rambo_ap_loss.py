@@ -108,7 +108,7 @@ class RaMBOAPLoss(nn.Module):
       pushes background down), AP50 13.2; with 0.15 they stay alive, AP50 21.3 (focal 14.8;
       gain 10). 4500 iterations, test split, seed 0, mAP / AP50 / AP75: gain 1 28.5 / 45.5 /
       31.5, gain 0.25 28.4 / 44.3 / 31.6, gain 10 26.9 / 44.9 / 28.9, focal 28.0 / 42.8 /
-      31.4 (3 seeds: see the README).
+      31.4 (4 seeds: see the README).
     - The RoI box head needs the paper's gradient (balanced: gradient norm ~1000 within 200
       iterations) *without* margin: from a fresh classifier (logits within a few hundredths) the
       margin puts every positive below every negative, out of reach of the paper's small
