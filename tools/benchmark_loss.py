@@ -296,19 +296,17 @@ def shipped_core_loss(cls_score: Tensor, labels: Tensor, label_weights: Optional
                       memory: Optional[ScoreMemory] = None) -> Tensor:
     """The shipped dense-head ``RaMBOAPLoss`` rebuilt from the ranking core (no mmdet)."""
     check_scores(cls_score)
-    scores = cls_score.float()
+    scores, labels = cls_score.float(), labels.long()
     contents = memory.contents(scores) if memory is not None else None
-    excluded = excluded_rows(label_weights)
-    loss, balanced = ranking.detection_ranking_loss(scores, labels.long(), excluded, contents,
-                                                    interclass_weight=BETA, **SHIPPED_DENSE)
     valid = None if label_weights is None else kept_rows(label_weights)
-    pointwise = ranking.pointwise_term(scores, labels.long(), valid, balanced,
-                                       SHIPPED_BCE_WEIGHT)
+    excluded = None if valid is None else (~valid).nonzero().squeeze(1)
+    loss, balanced = ranking.detection_ranking_loss(scores, labels, excluded, contents,
+                                                    interclass_weight=BETA, **SHIPPED_DENSE)
+    pointwise = ranking.pointwise_term(scores, labels, valid, balanced, SHIPPED_BCE_WEIGHT)
     if pointwise is not None:
         loss = loss + pointwise
     if memory is not None:
-        memory.push(scores, labels.long(),
-                    None if label_weights is None else kept_rows(label_weights))
+        memory.push(scores, labels, valid)
     return loss
 
 

@@ -6,8 +6,8 @@ from .blackbox import (STAGES, BlackboxPositiveRanks, GradScale, RankingProblem,
                        rank_problems, route_output_grad)
 from .counting import PositiveSet
 from .losses import (DetectionRankingLoss, as_positive_set, average_precision_loss,
-                     balanced_gradient_applies, check_scores, detection_ap_loss,
-                     detection_ranking_loss, mean_ap_loss, recall_loss)
+                     check_scores, detection_ap_loss, detection_ranking_loss, mean_ap_loss,
+                     recall_loss)
 from .memory import ScoreMemory
 from .pointwise import pointwise_term, sigmoid_cross_entropy
 from .reference import ArgsortBlackboxRanks, argsort_ranks
@@ -16,7 +16,7 @@ from .scratch import release_scratch
 __all__ = [
     'BlackboxPositiveRanks', 'GradScale', 'route_output_grad', 'RankingProblem', 'rank_problems',
     'rank_positives', 'STAGES', 'PositiveSet',
-    'as_positive_set', 'average_precision_loss', 'balanced_gradient_applies', 'check_scores',
+    'as_positive_set', 'average_precision_loss', 'check_scores',
     'detection_ap_loss', 'detection_ranking_loss', 'DetectionRankingLoss', 'mean_ap_loss',
     'recall_loss', 'ScoreMemory', 'pointwise_term', 'sigmoid_cross_entropy',
     'ArgsortBlackboxRanks', 'argsort_ranks', 'release_scratch'

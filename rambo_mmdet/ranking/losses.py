@@ -17,8 +17,7 @@ from .blackbox import GradScale, RankingProblem, rank_positives, rank_problems
 from .counting import PositiveSet
 
 __all__ = ['check_scores', 'as_positive_set', 'average_precision_loss', 'mean_ap_loss',
-           'recall_loss', 'detection_ap_loss', 'detection_ranking_loss', 'DetectionRankingLoss',
-           'balanced_gradient_applies']
+           'recall_loss', 'detection_ap_loss', 'detection_ranking_loss', 'DetectionRankingLoss']
 
 
 def check_scores(scores: Tensor, name: str = 'scores') -> None:
@@ -140,7 +139,7 @@ def recall_loss(scores: Tensor, positive: Union[Tensor, PositiveSet], lambda_val
     return loss.mean()
 
 
-def balanced_gradient_applies(num_positives: int, ranked_rows: int,
+def _balanced_gradient_applies(num_positives: int, ranked_rows: int,
                               balanced_gain: Optional[float],
                               balanced_below: Optional[float]) -> bool:
     """Whether :func:`detection_ap_loss` uses the balanced gradient: ``balanced_gain`` is set
@@ -224,7 +223,7 @@ def detection_ranking_loss(scores: Tensor,
         memory_rows = (memory[1] < num_classes).nonzero().squeeze(1)
     num_memory = 0 if memory_rows is None else memory[0].shape[0]
     num_excluded = 0 if excluded_rows is None else excluded_rows.numel()
-    balanced = balanced_gradient_applies(
+    balanced = _balanced_gradient_applies(
         rows.numel() + (0 if memory_rows is None else memory_rows.numel()),
         num_rows - num_excluded + num_memory, balanced_gain, balanced_below)
     if not balanced:
