@@ -12,6 +12,9 @@
 #                           1500 iterations (-> results/quality/) and the RetinaNet twins at 4500
 #                           (-> results/quality_long/; at 1500 focal stays below AP50 40), 3 seeds
 #                           each, then the README's results table (~4 h on 2 cores)
+#   make benchmark-quality-sgd  the same twins with SGD (momentum 0.9, weight decay 1e-4; lr 0.02
+#                           Faster R-CNN, 0.01 RetinaNet: mmdet's COCO values, which the shipped
+#                           COCO / VOC configs inherit), seed 0 (-> results/quality_sgd/; ~1.5 h)
 #   make mutation           mutation testing (mutmut, tools/mutation.py) of rambo_mmdet/ranking/
 #                           (every mutant) and rambo_mmdet/models/ (a 1-in-5 sample), on a
 #                           temporary copy of the tree -> results/mutation.{json,md}; NOT in CI:
@@ -24,7 +27,8 @@
 VENV := $(if $(RAMBO_VENV),$(RAMBO_VENV),.venv)
 PYTHON := $(VENV)/bin/python
 
-.PHONY: env test demo pretrained benchmark-loss benchmark-quality mutation clean-env
+.PHONY: env test demo pretrained benchmark-loss benchmark-quality benchmark-quality-sgd mutation \
+	clean-env
 
 env:
 	bash tools/setup_env.sh
@@ -49,6 +53,18 @@ benchmark-quality:
 	$(PYTHON) tools/benchmark_quality.py --detectors faster_rcnn --jobs 2
 	$(PYTHON) tools/benchmark_quality.py --detectors retinanet --iters 4500 \
 		--work-root work_dirs/quality_long --out-dir results/quality_long --extra-arms --jobs 2
+	$(PYTHON) tools/results_table.py --readme README.md
+
+SGD := optim_wrapper.optimizer.type=SGD optim_wrapper.optimizer.momentum=0.9 \
+	optim_wrapper.optimizer.weight_decay=0.0001
+
+benchmark-quality-sgd:
+	$(PYTHON) tools/benchmark_quality.py --detectors faster_rcnn --seeds 0 --extra-arms --jobs 2 \
+		--work-root work_dirs/quality_sgd --out-dir results/quality_sgd/faster_rcnn \
+		--cfg-options $(SGD) optim_wrapper.optimizer.lr=0.02
+	$(PYTHON) tools/benchmark_quality.py --detectors retinanet --seeds 0 --iters 4500 --extra-arms \
+		--jobs 2 --work-root work_dirs/quality_sgd --out-dir results/quality_sgd/retinanet \
+		--cfg-options $(SGD) optim_wrapper.optimizer.lr=0.01
 	$(PYTHON) tools/results_table.py --readme README.md
 
 mutation: env

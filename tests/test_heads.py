@@ -289,6 +289,43 @@ def test_rpn_with_ranking_loss_runs():
     assert_classifier_trained(head.rpn_cls)
 
 
+def test_heads_tell_the_loss_whether_their_rows_are_sampled():
+    # mode 'auto' keys its gradient regime on it (tests/test_modes.py): the RPN's sampler picks a
+    # bounded set of anchors (the RoI-head regime), RetinaNet's PseudoSampler keeps every anchor
+    if MODELS.get('RaMBOAPLoss') is None:
+        pytest.skip('needs RaMBOAPLoss')
+    loss = ranking_loss_cfg(use_sigmoid=True)
+    rpn = MODELS.build(dict(type='RaMBORPNHead', **rpn_cfg(loss_cls=loss)))
+    retina = MODELS.build(dict(type='RaMBORetinaHead', **retina_cfg(loss_cls=loss)))
+    test_only = MODELS.build(dict(type='RaMBORPNHead', **rpn_cfg(loss_cls=loss, train_cfg=None)))
+    assert rpn.loss_cls.sampled_rows is True
+    assert retina.loss_cls.sampled_rows is False
+    assert test_only.loss_cls.sampled_rows is None  # no sampler without a train_cfg
+
+
+def test_roi_box_head_keeps_the_sampled_regime_with_few_positives():
+    # RoIs are a bounded sample: after a BBoxHead.loss call the loss knows it, so a batch with
+    # positives below auto's 1/32 switch (2 of 256 here) still gets the paper's gradient + CE
+    if MODELS.get('RaMBOAPLoss') is None:
+        pytest.skip('needs RaMBOAPLoss')
+    torch.manual_seed(0)
+    head = MODELS.build(dict(type='Shared2FCBBoxHead', in_channels=4, fc_out_channels=8,
+                             roi_feat_size=2, num_classes=NUM_CLASSES,
+                             loss_cls=ranking_loss_cfg(use_sigmoid=True, memory_batches=0)))
+    assert head.loss_cls.sampled_rows is None
+    rows = 256
+    cls_score, bbox_pred = head(torch.randn(rows, 4, 2, 2))
+    labels = torch.full((rows,), NUM_CLASSES)
+    labels[:2] = 0
+    rois = torch.cat([torch.zeros(rows, 1), torch.rand(rows, 4) * 10], dim=1)
+    losses = head.loss(cls_score, bbox_pred, rois, labels, torch.ones(rows),
+                       torch.randn(rows, 4), torch.ones(rows, 4))
+    assert head.loss_cls.sampled_rows is True
+    # the paper regime's sigmoid cross-entropy term gives every score a gradient
+    grad, = torch.autograd.grad(losses['loss_cls'], cls_score)
+    assert torch.count_nonzero(grad) > 0.9 * grad.numel()
+
+
 def test_rpn_predicts_on_calibrated_logits():
     """RaMBORPNHead proposes from the loss's calibrated logits ``a * logit + b``: with the
     identity map exactly the stock RPN's proposals; with a map, the stock RPN's proposals for a

@@ -133,3 +133,19 @@ def test_several_sources_give_one_table_rows_in_order(quality_json, tmp_path):
     assert rows[2] == ROWS[0].replace('| 300 it |', '| 4500 it |')
     assert len(rows) == 3
     assert f'`{quality_json}` (code snapshot `abc123`) and `{second}`' in lines[0]
+
+
+def test_an_optimiser_set_on_the_command_line_is_named_in_the_schedule(quality_json, tmp_path):
+    sgd = json.loads(json.dumps(QUALITY))
+    for run in sgd['runs']:
+        run['cfg_options'] += ['optim_wrapper.optimizer.type=SGD',
+                               'optim_wrapper.optimizer.lr=0.02',
+                               'optim_wrapper.optimizer.momentum=0.9']
+    second = tmp_path / 'sgd.json'
+    second.write_text(json.dumps(sgd))
+    proc = subprocess.run([sys.executable, SCRIPT, str(quality_json), str(second)],
+                          capture_output=True, text=True, check=True)
+    lines = proc.stdout.splitlines()
+    rows = lines[lines.index('|---|---|---|---|---|---|---|---|') + 1:]
+    assert rows[:2] == ROWS  # the config's optimiser: not named
+    assert rows[2:] == [row.replace('| 300 it |', '| 300 it, SGD lr 0.02 |') for row in ROWS]

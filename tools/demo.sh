@@ -9,13 +9,14 @@
 #      missing or made with another recipe (tools/pretrain_backbone.py, ~6.5 min once; the fashion
 #      configs' backbones start from it)
 #   3. train configs/fashion/faster_rcnn_r18_fashion_rambo.py through tools/train.py for
-#      DEMO_ITERS (default 1000) iterations: pretrained backbone, fresh heads, RaMBOAPLoss with
+#      DEMO_ITERS (default 600) iterations: pretrained backbone, fresh heads, RaMBOAPLoss with
 #      its default mode in the box head
 #   4. evaluate the final checkpoint on the test split through tools/test.py
 #   5. draw its detections next to the ground truth on 4 test images (tools/draw_detections.py,
 #      mmdet's visualiser threshold 0.3) -> WORK_DIR/detections.png
 #   6. print COCO mAP / AP50 / AP75 and VOC mAP, and where the checkpoint, logs and picture are
-# About 7 minutes on 2 CPU cores once the backbone is cached (plus ~6.5 minutes the first time).
+# Measured: 7.5 minutes on the idle 2-core machine once data and backbone are cached (one thread;
+# plus ~6.5 minutes for the backbone the first time); DEMO_ITERS=1000: 10.9 minutes, mAP 27.9.
 #
 # Environment: RAMBO_VENV (default .venv) the Python env; DEMO_ITERS iterations;
 # DEMO_WORK_DIR (default work_dirs/demo_faster_rcnn_rambo); DEMO_THREADS (default 1).
@@ -26,7 +27,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV="${RAMBO_VENV:-.venv}"
 PY="$VENV/bin/python"
 CONFIG=configs/fashion/faster_rcnn_r18_fashion_rambo.py
-ITERS="${DEMO_ITERS:-1000}"
+ITERS="${DEMO_ITERS:-600}"
 WORK_DIR="${DEMO_WORK_DIR:-work_dirs/demo_faster_rcnn_rambo}"
 # Threads: 1 by default. Measured on the 2-core box: 0.30 s per iteration with 2 threads when
 # idle, but 2-7 s when other jobs start using the cores (threads wait for each other), against

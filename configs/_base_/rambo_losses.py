@@ -5,20 +5,22 @@
 # cross-entropy / focal keys of the base config). Change the loss here, once.
 #
 # mode 'auto' (RaMBOAPLoss's default) differs from the paper (mode='paper': lambda 0.5, margin
-# 0.15, the paper's gradient everywhere) only where positives are rarer than 1/32 of the ranked
-# rows (dense heads, ~0.1 % positive anchors) or frequent (RoI heads), measured on the FashionDet
-# twins of configs/fashion/ (see README.md "Modes"):
+# 0.15, the paper's gradient everywhere) in dense heads (every anchor ranked, ~0.1 % positives)
+# and in heads whose rows are a bounded sample (RoI box heads; an RPN's sampled anchors), which
+# the heads declare (RaMBOAPLoss.sampled_rows), measured on the FashionDet twins of
+# configs/fashion/ (see README.md "Modes"):
 # - dense heads: the paper's gradient, whose size shrinks with the positive fraction, is replaced
-#   by the balanced one (same direction, positives' total = their share of the loss, gain 1),
-#   with the paper's margin 0.15 (with margin 0 the classifier's features at positive anchors
-#   die within ~150 iterations; RetinaNet validation AP50 at 600 iterations 21.3 with it, 13.2
-#   without, focal 14.8). Gain 1, not the earlier 10: with 10 the ranking drove the backbone and
-#   FPN, which the box branch shares, 4-5x (start) to 17-22x (end) harder than the box loss
-#   (focal: 0.13x to 1x; gain 1: 0.4-0.5x to 1.9x; tools/gradient_split.py) and RetinaNet lost
-#   AP75; 4500 iterations, seed 0, mAP / AP50 / AP75: gain 10 26.9 / 44.9 / 28.9, gain 1
-#   28.5 / 45.5 / 31.5, focal 28.0 / 42.8 / 31.4; 4 seeds, gain 1 - focal: mAP +0.5 +- 0.6,
-#   AP50 +2.7 +- 0.3, AP75 0.0 +- 1.0 (README "Modes", "Quality");
-# - RoI box heads (25 % positives) keep the paper's gradient (the balanced one made them diverge)
+#   by the balanced one (same direction, positives' total = their share of the loss times the
+#   gain 0.25), with the paper's margin 0.15 (with margin 0 the classifier's features at
+#   positive anchors die within ~150 iterations; RetinaNet validation AP50 at 600 iterations
+#   21.3 with it, 13.2 without, focal 14.8). Gain 0.25 gives the positives, at the start, the
+#   total gradient mmdet's focal loss gives them (~alpha = 0.25), so the ranking drives the
+#   backbone and FPN, which the box branch shares, no harder than focal (cls / box gradient
+#   there at the start: focal 0.14 / 0.13, gain 0.25 0.13 / 0.10, gain 1 0.52 / 0.41, gain 10
+#   5.2 / 4.1; tools/gradient_split.py). Gain 10 lost AP75 with AdamW; gain 1 was fine with
+#   AdamW but ran away with SGD (mmdet's COCO optimiser: validation mAP 1.0 at 1125 iterations,
+#   focal 13.9); gain 0.25 learns with both (README "Modes", "Quality");
+# - RoI box heads (25 % positives; and sampled RPN anchors) keep the paper's gradient (the balanced one made them diverge)
 #   with margin 0: from a fresh classifier (logits within a few hundredths) the margin 0.15 puts
 #   every positive out of reach of the paper's perturbation (Faster R-CNN mAP at 600 iterations
 #   11.0 with it, 19.5 without, cross-entropy 21.1);

@@ -16,13 +16,17 @@ same keys as the others (``loss_cls``, ``acc``). Any other loss, and every non-e
 mmdet's code unchanged. It covers every head that inherits ``BBoxHead.loss`` (``BBoxHead``,
 ``Shared2FCBBoxHead``, ``Shared4Conv1FCBBoxHead``, the heads of Cascade R-CNN); heads that
 define their own ``loss`` (SABL, DII, multi-instance) are not changed.
+
+The wrapper also tells a loss with a ``sampled_rows`` attribute (``RaMBOAPLoss``) that its rows
+are RoIs, a bounded sample, so mode ``'auto'`` keeps the RoI-head regime in every call, also when
+a batch's positive fraction drops below its 1/32 switch (few objects per image).
 """
 import functools
 
 from mmdet.models.losses import accuracy
 from mmdet.models.roi_heads.bbox_heads import BBoxHead
 
-from .dense_heads.all_levels_loss import is_ranking_loss
+from .dense_heads.all_levels_loss import declare_row_sampling, is_ranking_loss
 
 __all__ = ['apply']
 
@@ -38,6 +42,7 @@ def apply() -> None:
     @functools.wraps(original)
     def loss(self, cls_score, bbox_pred, rois, labels, label_weights, bbox_targets, bbox_weights,
              reduction_override=None):
+        declare_row_sampling(self.loss_cls, True)  # RoIs: a bounded sample of rows
         losses = original(self, cls_score, bbox_pred, rois, labels, label_weights, bbox_targets,
                           bbox_weights, reduction_override=reduction_override)
         if cls_score is None or cls_score.numel() or not is_ranking_loss(self.loss_cls):

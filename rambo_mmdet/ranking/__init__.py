@@ -9,7 +9,7 @@ from .losses import (DetectionRankingLoss, as_positive_set, average_precision_lo
                      check_scores, detection_ap_loss, detection_ranking_loss, mean_ap_loss,
                      recall_loss)
 from .memory import ScoreMemory
-from .pointwise import pointwise_term, sigmoid_cross_entropy
+from .pointwise import pointwise_term, sigmoid_cross_entropy, sigmoid_focal_loss
 from .reference import ArgsortBlackboxRanks, argsort_ranks
 from .scratch import release_scratch
 
@@ -18,6 +18,6 @@ __all__ = [
     'rank_positives', 'STAGES', 'PositiveSet',
     'as_positive_set', 'average_precision_loss', 'check_scores',
     'detection_ap_loss', 'detection_ranking_loss', 'DetectionRankingLoss', 'mean_ap_loss',
-    'recall_loss', 'ScoreMemory', 'pointwise_term', 'sigmoid_cross_entropy',
+    'recall_loss', 'ScoreMemory', 'pointwise_term', 'sigmoid_cross_entropy', 'sigmoid_focal_loss',
     'ArgsortBlackboxRanks', 'argsort_ranks', 'release_scratch'
 ]

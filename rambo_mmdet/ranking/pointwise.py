@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['sigmoid_cross_entropy', 'pointwise_term']
+__all__ = ['sigmoid_cross_entropy', 'sigmoid_focal_loss', 'pointwise_term']
 
 
 def sigmoid_cross_entropy(logits: Tensor, labels: Tensor,
@@ -26,11 +26,33 @@ def sigmoid_cross_entropy(logits: Tensor, labels: Tensor,
         / max(logits.shape[0], 1)
 
 
+def sigmoid_focal_loss(logits: Tensor, labels: Tensor, valid: Optional[Tensor] = None,
+                       gamma: float = 2.0, alpha: float = 0.25) -> Tensor:
+    """mmdet's ``FocalLoss(use_sigmoid=True)`` as a dense head computes it.
+
+    The focal loss of every (row, class) logit of ``logits [N, C]`` against the one-hot label of
+    ``labels [N]`` (``C``: background), summed over the rows of ``valid`` and the classes and
+    divided by the number of positive rows among them (mmdet's ``avg_factor``; at least 1);
+    float32.
+    """
+    logits = logits.float()
+    targets = labels[:, None] == torch.arange(logits.shape[1], device=labels.device)
+    if valid is not None:
+        logits, targets = logits[valid], targets[valid]
+    targets = targets.float()
+    prob = logits.sigmoid()
+    miss = (1 - prob) * targets + prob * (1 - targets)
+    weight = (alpha * targets + (1 - alpha) * (1 - targets)) * miss.pow(gamma)
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction='none') * weight
+    return loss.sum() / targets.sum().clamp(min=1)
+
+
 def pointwise_term(logits: Tensor, labels: Tensor, valid: Optional[Tensor], balanced: bool,
-                   bce_weight: float) -> Optional[Tensor]:
+                   bce_weight: float, focal_weight: float = 0.0) -> Optional[Tensor]:
     """The pointwise term of one detection-loss call: ``bce_weight`` x
     :func:`sigmoid_cross_entropy` when the call used the paper's gradient (``balanced`` False:
-    RoI heads), ``None`` when it used the balanced one (dense heads) or ``bce_weight`` is 0."""
-    if balanced or not bce_weight:
-        return None
-    return bce_weight * sigmoid_cross_entropy(logits, labels, valid)
+    RoI heads), ``focal_weight`` x :func:`sigmoid_focal_loss` when it used the balanced one
+    (dense heads); ``None`` when that weight is 0."""
+    if balanced:
+        return focal_weight * sigmoid_focal_loss(logits, labels, valid) if focal_weight else None
+    return bce_weight * sigmoid_cross_entropy(logits, labels, valid) if bce_weight else None

@@ -27,6 +27,7 @@ import copy
 from typing import Dict, List, Optional, Sequence
 
 import torch
+from mmdet.models.task_modules.samplers import PseudoSampler
 from mmdet.structures.bbox import cat_boxes, get_box_tensor, stack_boxes
 from mmdet.utils import InstanceList, OptInstanceList
 from torch import Tensor, nn
@@ -40,6 +41,13 @@ __all__ = ['AllLevelsClsLossMixin', 'is_ranking_loss', 'find_per_level_ranking_h
 def is_ranking_loss(loss: Optional[nn.Module]) -> bool:
     """Whether ``loss`` must see all samples of a batch in one call (``needs_all_samples``)."""
     return bool(getattr(loss, 'needs_all_samples', False))
+
+
+def declare_row_sampling(loss: Optional[nn.Module], sampled: bool) -> None:
+    """Tell a loss with a ``sampled_rows`` attribute (``RaMBOAPLoss``) whether the head's rows
+    are a bounded sample (RoIs, sampler-picked anchors) or every anchor."""
+    if loss is not None and hasattr(loss, 'sampled_rows'):
+        loss.sampled_rows = bool(sampled)
 
 
 def _flatten_levels(per_level: Sequence[Tensor], channels: int) -> Tensor:
@@ -86,6 +94,9 @@ class AllLevelsClsLossMixin:
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._check_cls_loss()
+        sampler = getattr(self, 'sampler', None)  # only with a train_cfg
+        if sampler is not None:
+            declare_row_sampling(self.loss_cls, not isinstance(sampler, PseudoSampler))
         if hasattr(self.loss_cls, 'update_calibration_from_detections'):
             self.loss_cls.detections_from_head = True
 

@@ -20,15 +20,16 @@ _ACTIVATIONS = ('logits', 'sigmoid')
 #: Each mode: defaults of lambda_val, margin (with the paper's gradient), balanced_margin (the
 #: margin with the balanced gradient) and balanced_gain (None: the paper's gradient size),
 #: balanced_below: the balanced gradient only when the positives are fewer than this fraction of
-#: the ranked rows (None: always), and bce_weight: the weight of the sigmoid cross-entropy term
-#: added in the calls that use the paper's gradient.
+#: the ranked rows (None: always), bce_weight: the weight of the sigmoid cross-entropy term
+#: added in the calls that use the paper's gradient, and focal_weight: the weight of the sigmoid
+#: focal loss added in the calls that use the balanced gradient.
 MODES = {
-    'auto': dict(lambda_val=0.5, margin=0.0, balanced_margin=0.15, balanced_gain=1.0,
-                 balanced_below=1 / 32, bce_weight=0.5),
-    'balanced': dict(lambda_val=0.5, margin=0.15, balanced_margin=0.15, balanced_gain=1.0,
-                     balanced_below=None, bce_weight=0.0),
+    'auto': dict(lambda_val=0.5, margin=0.0, balanced_margin=0.15, balanced_gain=0.25,
+                 balanced_below=1 / 32, bce_weight=0.5, focal_weight=0.0),
+    'balanced': dict(lambda_val=0.5, margin=0.15, balanced_margin=0.15, balanced_gain=0.25,
+                     balanced_below=None, bce_weight=0.0, focal_weight=0.0),
     'paper': dict(lambda_val=0.5, margin=0.15, balanced_margin=0.15, balanced_gain=None,
-                  balanced_below=None, bce_weight=0.0),
+                  balanced_below=None, bce_weight=0.0, focal_weight=0.0),
 }
 #: labels travel to other ranks in a float32 column: exact below 2**24
 _MAX_PACKED_CLASSES = 1 << 24
@@ -70,10 +71,12 @@ class RaMBOAPLoss(nn.Module):
     **Modes** (the ranking loss value is the paper's in all of them, at the margin in use; they
     differ in the gradient's size, in the default margin and in the cross-entropy term):
 
-    - ``'auto'`` (default): per call, the *balanced* gradient (below) with the paper's margin
-      0.15 when the positives are fewer than 1/32 of the ranked rows (dense heads: ~0.1 % of the
-      anchors), the paper's gradient with margin 0 otherwise (RoI box heads: mmdet's sampler
-      takes 25 % positives), plus, in those calls only, ``bce_weight`` (0.5) times mmdet's
+    - ``'auto'`` (default): the *balanced* gradient (below) with the paper's margin 0.15 in
+      dense heads (every anchor ranked, ~0.1 % positives), the paper's gradient with margin 0
+      in heads whose rows are a bounded sample (RoI box heads; an RPN's sampler-picked anchors),
+      as the heads declare (:attr:`sampled_rows`); for a head that does not, per call by the
+      positive fraction (balanced below 1/32 of the ranked rows); plus, in the paper-gradient
+      calls only, ``bce_weight`` (0.5) times mmdet's
       sigmoid cross-entropy of the same logits (one-hot targets, background rows all 0, summed
       over classes and averaged over rows, as mmdet's ``CrossEntropyLoss(use_sigmoid=True)`` in
       a box head). The blackbox gradient is sparse (1-3 % of a box head's scores get one) and
@@ -83,13 +86,18 @@ class RaMBOAPLoss(nn.Module):
     - ``'balanced'``: per ranking group, the paper's direction rescaled so positives (and
       negatives) receive ``balanced_gain · (1 - AP_g) / K`` in total (the balance of Rank & Sort
       and aLRP; ``K`` groups with positives), at most that divided by the group's positives per
-      crossing; margin 0.15; ``balanced_gain`` 1. Its size depends neither on the ranking length
-      nor on the positive fraction, while the paper's shrinks with the fraction (measured: ~3x
-      from 1 % to 0.2 % positives), which leaves a dense head almost no gradient. With gain 1 the
-      classification gradient reaching the shared backbone and FPN stays of the order of the box
-      regression's, as focal's does (gain 10, the earlier default, drove them 4-5x (start) to
-      17-22x (end of training) harder than the box loss, and the RetinaNet twin lost AP75;
-      measured with ``tools/gradient_split.py``).
+      crossing; margin 0.15; ``balanced_gain`` 0.25. Its size depends neither on the ranking
+      length nor on the positive fraction, while the paper's shrinks with the fraction
+      (measured: ~3x from 1 % to 0.2 % positives), which leaves a dense head almost no gradient.
+      Gain 0.25 gives the positives, at the start (AP ~0), the total gradient that mmdet's
+      focal loss gives them (``alpha (1 - p)^gamma`` per positive over the positive count:
+      ~``alpha`` = 0.25), so the ranking drives the backbone and FPN, which the box branch
+      shares, no harder than focal does (``tools/gradient_split.py``). Measured on the
+      RetinaNet twin: gain 10 (an earlier default) drove them 4-5x (start) to 17-22x (end)
+      harder than the box loss and lost AP75 with AdamW; gain 1 (the next default) was fine
+      with AdamW but ran away with SGD (positives' logit spread 14 within 100 iterations,
+      validation mAP 1.0 at 1125 iterations vs focal 13.9); gain 0.25 learns with both
+      (SGD: 13.8 at 1125).
     - ``'paper'``: the paper's exact loss and gradient (λ 0.5, α 0.15, τ 7, β 1/3).
 
     An explicit ``margin`` applies with either gradient. Measured (FashionDet twins,
@@ -246,6 +254,9 @@ class RaMBOAPLoss(nn.Module):
         bce_weight (float, optional): ``'auto'`` only: weight of the sigmoid cross-entropy
             term added in the calls that use the paper's gradient (see *Modes*; 0: the
             ranking loss alone). Default 0.5.
+        focal_weight (float, optional): ``'auto'`` only: weight of mmdet's sigmoid focal loss
+            (gamma 2, alpha 0.25, divided by the positive rows) added in the calls that use the
+            balanced gradient (dense heads; see *Modes*). Default 0.
         calibration_interval (int, optional): update the map every this many training calls.
             Default: 1 for ``'ranked_rows'`` (a few passes over at most
             ``calibration_max_rows`` rows), 8 for ``'detections'`` (the head's post-processing
@@ -255,6 +266,13 @@ class RaMBOAPLoss(nn.Module):
 
     #: Tells heads that the loss ranks, so it needs all samples in one call.
     needs_all_samples = True
+    #: Whether the head's rows are a bounded sample (RoIs, the anchors an RPN's sampler picked)
+    #: rather than every anchor (dense heads without a sampler). Mode ``'auto'`` then takes the
+    #: paper's gradient regime (``True``) or the balanced one (``False``) whatever the positive
+    #: fraction of a call; ``None`` (a head that does not say): the fraction decides per call.
+    #: Set by the heads: ``AllLevelsClsLossMixin`` (from its sampler) and the RoI box head
+    #: (:mod:`rambo_mmdet.models.bbox_head_patch`).
+    sampled_rows: Optional[bool] = None
     custom_cls_channels = True
     custom_activation = True
     custom_accuracy = True
@@ -283,7 +301,8 @@ class RaMBOAPLoss(nn.Module):
                  calibration_max_rows: int = 8192,
                  calibration_source: str = 'ranked_rows',
                  calibration_interval: Optional[int] = None,
-                 bce_weight: Optional[float] = None) -> None:
+                 bce_weight: Optional[float] = None,
+                 focal_weight: Optional[float] = None) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f'{name}: mode must be one of {tuple(MODES)}, got {mode!r}')
@@ -302,6 +321,12 @@ class RaMBOAPLoss(nn.Module):
         bce_weight = defaults['bce_weight'] if bce_weight is None else bce_weight
         if not bce_weight >= 0:
             raise ValueError(f'{name}: bce_weight must be >= 0, got {bce_weight}')
+        if mode != 'auto' and focal_weight:
+            raise ValueError(f"{name}: focal_weight applies to mode='auto' only (its calls with "
+                             f"the balanced gradient); mode={mode!r} has no such term")
+        focal_weight = defaults['focal_weight'] if focal_weight is None else focal_weight
+        if not focal_weight >= 0:
+            raise ValueError(f'{name}: focal_weight must be >= 0, got {focal_weight}')
         if balanced_gain is not None and balanced_gain <= 0:
             raise ValueError(f'{name}: balanced_gain must be > 0, got {balanced_gain}')
         if not use_sigmoid:
@@ -331,6 +356,7 @@ class RaMBOAPLoss(nn.Module):
         self.balanced_margin = float(balanced_margin)
         self.interclass_weight = float(interclass_weight)
         self.bce_weight = float(bce_weight)
+        self.focal_weight = float(focal_weight)
         self.score_activation = score_activation
         self.loss_weight = float(loss_weight)
         self.global_batch = global_batch
@@ -592,6 +618,13 @@ class RaMBOAPLoss(nn.Module):
                         f"AllLevelsClsLossMixin heads); use 'ranked_rows' here")
         return loss
 
+    def _balanced_below(self) -> Optional[float]:
+        """The core's ``balanced_below``: the mode's, unless mode ``'auto'`` knows from the head
+        whether its rows are sampled (0: never balanced) or dense (``None``: always)."""
+        if self.mode != 'auto' or self.sampled_rows is None:
+            return self.balanced_below
+        return 0.0 if self.sampled_rows else None
+
     def _loss(self, cls_score: Tensor, labels: Tensor, label_weights: Optional[Tensor],
               use_global: bool, problem: Optional[str]) -> Tensor:
         # float32 first: the output gradient (e.g. an AMP loss scale) then multiplies the score
@@ -624,9 +657,10 @@ class RaMBOAPLoss(nn.Module):
             memory=memory,
             lambda_val=self.lambda_val, margin=self.margin,
             interclass_weight=self.interclass_weight, grad_scale=grad_scale,
-            balanced_gain=self.balanced_gain, balanced_below=self.balanced_below,
+            balanced_gain=self.balanced_gain, balanced_below=self._balanced_below(),
             balanced_margin=self.balanced_margin)
-        pointwise = pointwise_term(logits, labels, valid, balanced, self.bce_weight)
+        pointwise = pointwise_term(logits, labels, valid, balanced, self.bce_weight,
+                                   self.focal_weight)
         if self.record_stats:
             self._record_stats(scores, labels, valid, excluded, memory, loss)
         if remember:
@@ -679,7 +713,7 @@ class RaMBOAPLoss(nn.Module):
                 values, labels,
                 excluded_rows=excluded, memory=memory,
                 lambda_val=self.lambda_val, margin=self.margin, interclass_weight=1.0,
-                balanced_gain=self.balanced_gain, balanced_below=self.balanced_below,
+                balanced_gain=self.balanced_gain, balanced_below=self._balanced_below(),
                 balanced_margin=self.balanced_margin)
         if beta > 0:
             stats['ap_apc'] = torch.where(num_pos > 0, 1 - apc_loss, nan)
@@ -728,6 +762,7 @@ class RaMBOAPLoss(nn.Module):
                 f'balanced_margin={self.balanced_margin}, '
                 f'balanced_gain={self.balanced_gain}, '
                 f'interclass_weight={self.interclass_weight:.4g}, bce_weight={self.bce_weight}, '
+                f'focal_weight={self.focal_weight}, '
                 f'score_activation={self.score_activation!r}, loss_weight={self.loss_weight}, '
                 f'global_batch={self.global_batch!r}, calibration={self.calibration!r}')
 
