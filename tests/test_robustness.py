@@ -150,7 +150,8 @@ def all_finite(log_vars):
 def capture_loss_io(loss):
     seen = {}
     loss.register_forward_pre_hook(
-        lambda m, args: seen.update(dtype=args[0].dtype, labels=args[1].clone()))
+        lambda m, args: seen.update(dtype=args[0].dtype, labels=args[1].clone(),
+                                    scores=args[0].detach().clone()))
     loss.register_forward_hook(lambda m, args, out: seen.update(out=out.detach()))
     return seen
 
@@ -359,16 +360,28 @@ def test_non_integer_labels_raise():
 def test_images_without_gt_or_with_only_ignored_boxes(model):
     """Image 0 has no box, image 1 only an ignored box. mmdet's MaxIoUAssigner applies ignore
     regions only in images that have boxes (without any, every RoI is background), so every
-    sampled RoI is background and (empty memory) the loss is 0 with zero gradient."""
+    sampled RoI is background and (empty memory) the ranking term is 0 with zero gradient; the
+    RoI head's sigmoid cross-entropy term (mode 'auto', ``bce_weight``) still pushes the
+    background down, as mmdet's cross-entropy would. With ``bce_weight=0``: 0, zero gradient."""
+    from mmdet.models.losses import CrossEntropyLoss
     data = detection_batch(gt=False)
     data['data_samples'][1].ignored_instances = InstanceData(
         bboxes=torch.tensor([[0., 0., IMG / 2, IMG]]), labels=torch.zeros(1, dtype=torch.long))
     loss = model.roi_head.bbox_head.loss_cls
+    assert loss.bce_weight > 0
     seen = capture_loss_io(loss)
     losses, log_vars = loss_step(model, data)
     assert seen['labels'].numel() > 0 and bool((seen['labels'] == NUM_CLASSES).all())
-    assert log_vars['loss_cls'] == 0.0 and log_vars['loss_bbox'] == 0.0
+    cross_entropy = CrossEntropyLoss(use_sigmoid=True)(  # summed over classes, mean over rows
+        seen['scores'].float(), seen['labels'], avg_factor=seen['labels'].numel())
+    assert float(log_vars['loss_cls']) == pytest.approx(loss.bce_weight * float(cross_entropy),
+                                                 rel=1e-5)
+    assert log_vars['loss_bbox'] == 0.0
     assert all_finite(log_vars)
+    model.zero_grad()
+    loss.bce_weight = 0.0  # the ranking term alone
+    losses, log_vars = loss_step(model, data)
+    assert log_vars['loss_cls'] == 0.0 and log_vars['loss_bbox'] == 0.0
     weight = model.roi_head.bbox_head.fc_cls.weight
     assert torch.equal(weight.grad, torch.zeros_like(weight))
 
