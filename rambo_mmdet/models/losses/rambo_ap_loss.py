@@ -46,6 +46,20 @@ def _kept_rows(label_weights: Tensor) -> Tensor:
     return weights > 0
 
 
+def _pointwise_weight(name: str, mode: str, key: str, value: Optional[float],
+                      gradient: str) -> float:
+    """The weight ``key`` of a pointwise term of mode ``'auto'`` (added in its calls with
+    ``gradient`` gradient): the mode's default when ``None``; an error when set in another mode
+    or negative."""
+    if mode != 'auto' and value:
+        raise ValueError(f"{name}: {key} applies to mode='auto' only (its calls with {gradient} "
+                         f"gradient); mode={mode!r} has no such term")
+    value = MODES[mode][key] if value is None else value
+    if not value >= 0:
+        raise ValueError(f'{name}: {key} must be >= 0, got {value}')
+    return float(value)
+
+
 def _no_autocast(device: torch.device):
     """A context that switches autocast off on ``device`` (the loss computes in float32)."""
     if torch.amp.is_autocast_available(device.type):
@@ -315,18 +329,8 @@ class RaMBOAPLoss(nn.Module):
             raise ValueError(f"{name}: balanced_gain does not apply to mode='paper' (the paper's "
                              f"gradient); use mode='auto' or 'balanced'")
         balanced_gain = defaults['balanced_gain'] if balanced_gain is None else balanced_gain
-        if mode != 'auto' and bce_weight:
-            raise ValueError(f"{name}: bce_weight applies to mode='auto' only (its calls with "
-                             f"the paper's gradient); mode={mode!r} has no such term")
-        bce_weight = defaults['bce_weight'] if bce_weight is None else bce_weight
-        if not bce_weight >= 0:
-            raise ValueError(f'{name}: bce_weight must be >= 0, got {bce_weight}')
-        if mode != 'auto' and focal_weight:
-            raise ValueError(f"{name}: focal_weight applies to mode='auto' only (its calls with "
-                             f"the balanced gradient); mode={mode!r} has no such term")
-        focal_weight = defaults['focal_weight'] if focal_weight is None else focal_weight
-        if not focal_weight >= 0:
-            raise ValueError(f'{name}: focal_weight must be >= 0, got {focal_weight}')
+        bce_weight = _pointwise_weight(name, mode, 'bce_weight', bce_weight, "the paper's")
+        focal_weight = _pointwise_weight(name, mode, 'focal_weight', focal_weight, 'the balanced')
         if balanced_gain is not None and balanced_gain <= 0:
             raise ValueError(f'{name}: balanced_gain must be > 0, got {balanced_gain}')
         if not use_sigmoid:
