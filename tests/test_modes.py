@@ -168,6 +168,19 @@ def _sigmoid_ce_oracle(scores, labels, weight):
                                               avg_factor=int(rows.sum()))
 
 
+def _assert_ranking_plus_term(loss_fn, ranking, term, scores, labels, weight):
+    """``loss_fn`` equals ``ranking(x) + term(x)`` in value and gradient; returns the gradient
+    of ``loss_fn`` and that of the term alone."""
+    got, r, t = (scores.clone().requires_grad_() for _ in range(3))
+    value = loss_fn(got, labels, weight)
+    expected = ranking(r) + term(t)
+    torch.testing.assert_close(value, expected)
+    value.backward()
+    expected.backward()
+    torch.testing.assert_close(got.grad, r.grad + t.grad)
+    return got.grad, t.grad
+
+
 @pytest.mark.parametrize('memory_batches', [0, 3])
 def test_auto_adds_sigmoid_cross_entropy_to_the_paper_gradient(memory_batches):
     # RoI-like batches (20 % positives, the paper's gradient): auto = the paper's ranking loss
@@ -179,17 +192,11 @@ def test_auto_adds_sigmoid_cross_entropy_to_the_paper_gradient(memory_batches):
     for seed in range(3):  # fills the memories alike
         scores, labels, _ = _scores_and_labels(2000, 5, 0.2, seed=seed)
         weight = (torch.rand(2000, generator=torch.Generator().manual_seed(seed)) > 0.1).float()
-        a = scores.clone().requires_grad_()
-        p = scores.clone().requires_grad_()
-        o = scores.clone().requires_grad_()
-        value = auto(a, labels, weight)
-        expected = paper(p, labels, weight) + 0.5 * _sigmoid_ce_oracle(o, labels, weight)
-        torch.testing.assert_close(value, expected)
-        value.backward()
-        expected.backward()
-        torch.testing.assert_close(a.grad, p.grad + o.grad)
-        assert torch.count_nonzero(a.grad[weight == 0]) == 0
-        assert torch.count_nonzero(o.grad) > 0.8 * a.numel()  # dense, unlike the ranking's
+        grad, term_grad = _assert_ranking_plus_term(
+            auto, lambda x: paper(x, labels, weight),
+            lambda x: 0.5 * _sigmoid_ce_oracle(x, labels, weight), scores, labels, weight)
+        assert torch.count_nonzero(grad[weight == 0]) == 0
+        assert torch.count_nonzero(term_grad) > 0.8 * grad.numel()  # dense, unlike the ranking's
 
 
 def test_auto_has_no_cross_entropy_with_the_balanced_gradient():
@@ -260,14 +267,10 @@ def test_focal_term_is_mmdets_focal_loss_in_balanced_gradient_calls():
     # in the loss: the balanced ranking loss + focal_weight x focal loss
     with_focal = RaMBOAPLoss(memory_batches=0, calibration=None, focal_weight=0.5)
     alone = RaMBOAPLoss(memory_batches=0, calibration=None, focal_weight=0.0)
-    w, r, f = (scores.clone().requires_grad_() for _ in range(3))
-    got = with_focal(w, labels, weight)
-    want = alone(r, labels, weight) + 0.5 * sigmoid_focal_loss(f, labels, valid)
-    torch.testing.assert_close(got, want)
-    got.backward()
-    want.backward()
-    torch.testing.assert_close(w.grad, r.grad + f.grad)
-    assert torch.count_nonzero(w.grad[~valid]) == 0
+    grad, _ = _assert_ranking_plus_term(
+        with_focal, lambda x: alone(x, labels, weight),
+        lambda x: 0.5 * sigmoid_focal_loss(x, labels, valid), scores, labels, weight)
+    assert torch.count_nonzero(grad[~valid]) == 0
     for mode in ('paper', 'balanced'):
         with pytest.raises(ValueError, match="focal_weight applies to mode='auto' only"):
             RaMBOAPLoss(mode=mode, focal_weight=0.5)

@@ -116,6 +116,16 @@ def test_absolute_work_dirs_inside_the_checkout_are_shown_relative():
     assert results_table._logs(runs) == 's3: `work_dirs/quality/retinanet_rambo_s3`'
 
 
+def _table_after(first, second, data):
+    """Write ``data`` to ``second``, print the table of ``first`` then ``second``; its lines and
+    its rows (the lines after the header separator)."""
+    second.write_text(json.dumps(data))
+    proc = subprocess.run([sys.executable, SCRIPT, str(first), str(second)],
+                          capture_output=True, text=True, check=True)
+    lines = proc.stdout.splitlines()
+    return lines, lines[lines.index('|---|---|---|---|---|---|---|---|') + 1:]
+
+
 def test_several_sources_give_one_table_rows_in_order(quality_json, tmp_path):
     # a second benchmark output (e.g. the longer RetinaNet schedule): its rows follow the first's
     longer = json.loads(json.dumps(QUALITY))
@@ -124,11 +134,7 @@ def test_several_sources_give_one_table_rows_in_order(quality_json, tmp_path):
     for run in longer['runs']:
         run['settings'] = dict(iters=4500)
     second = tmp_path / 'long.json'
-    second.write_text(json.dumps(longer))
-    proc = subprocess.run([sys.executable, SCRIPT, str(quality_json), str(second)],
-                          capture_output=True, text=True, check=True)
-    lines = proc.stdout.splitlines()
-    rows = lines[lines.index('|---|---|---|---|---|---|---|---|') + 1:]
+    lines, rows = _table_after(quality_json, second, longer)
     assert rows[:2] == ROWS
     assert rows[2] == ROWS[0].replace('| 300 it |', '| 4500 it |')
     assert len(rows) == 3
@@ -141,11 +147,6 @@ def test_an_optimiser_set_on_the_command_line_is_named_in_the_schedule(quality_j
         run['cfg_options'] += ['optim_wrapper.optimizer.type=SGD',
                                'optim_wrapper.optimizer.lr=0.02',
                                'optim_wrapper.optimizer.momentum=0.9']
-    second = tmp_path / 'sgd.json'
-    second.write_text(json.dumps(sgd))
-    proc = subprocess.run([sys.executable, SCRIPT, str(quality_json), str(second)],
-                          capture_output=True, text=True, check=True)
-    lines = proc.stdout.splitlines()
-    rows = lines[lines.index('|---|---|---|---|---|---|---|---|') + 1:]
+    lines, rows = _table_after(quality_json, tmp_path / 'sgd.json', sgd)
     assert rows[:2] == ROWS  # the config's optimiser: not named
     assert rows[2:] == [row.replace('| 300 it |', '| 300 it, SGD lr 0.02 |') for row in ROWS]
