@@ -157,6 +157,12 @@ def test_same_seed_same_weights_and_skip(tmp_path, fmnist_without_test_pool, tin
                      log=_quiet)
     assert again['skipped'] and again['accuracy'] == first['accuracy']
     assert os.stat(tmp_path / 'a.pth').st_mtime_ns == mtime
+    assert again['key']['threads'] == 1
+
+    # another thread count (the weights depend on it): made again, not reused
+    threads = pretrain(str(tmp_path / 'a.pth'), TINY, fashion_mnist_dir=fmnist_without_test_pool,
+                       threads=2, log=_quiet)
+    assert not threads['skipped'] and threads['key']['threads'] == 2
 
     # another seed: retrained in place, different weights
     other = PretrainRecipe(**dict(TINY.to_dict(), seed=1))

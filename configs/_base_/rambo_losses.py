@@ -10,16 +10,17 @@
 # the heads declare (RaMBOAPLoss.sampled_rows), measured on the FashionDet twins of
 # configs/fashion/ (see README.md "Modes"):
 # - dense heads: the paper's gradient, whose size shrinks with the positive fraction, is replaced
-#   by the balanced one (same direction, positives' total = their share of the loss times the
-#   gain 0.25), with the paper's margin 0.15 (with margin 0 the classifier's features at
-#   positive anchors die within ~150 iterations; RetinaNet validation AP50 at 600 iterations
-#   21.3 with it, 13.2 without, focal 14.8). Gain 0.25 gives the positives, at the start, the
-#   total gradient mmdet's focal loss gives them (~alpha = 0.25), so the ranking drives the
-#   backbone and FPN, which the box branch shares, no harder than focal (cls / box gradient
-#   there at the start: focal 0.14 / 0.13, gain 0.25 0.13 / 0.10, gain 1 0.52 / 0.41, gain 10
-#   5.2 / 4.1; tools/gradient_split.py). Gain 10 lost AP75 with AdamW; gain 1 was fine with
-#   AdamW but ran away with SGD (mmdet's COCO optimiser: validation mAP 1.0 at 1125 iterations,
-#   focal 13.9); gain 0.25 learns with both (README "Modes", "Quality");
+#   by the balanced one: positives and negatives each receive the class's share of the loss
+#   (gain 1), each positive its own error's share (1 - precision_i) / P (as Rank & Sort / aLRP;
+#   error_driven), the negatives in the paper's direction, with the paper's margin 0.15 (with
+#   margin 0 the classifier's features at positive anchors die within ~150 iterations;
+#   RetinaNet validation AP50 at 600 iterations 21.3 with it, 13.2 without, focal 14.8).
+#   Sharing the positives' gradient by the negatives each one's blackbox perturbation crosses
+#   (the paper's direction) favours the best-ranked positives; with SGD (mmdet's COCO
+#   optimiser) at gain 1 that spread their logits and RetinaNet did not learn (validation mAP
+#   1.0 at 1125 iterations, focal 13.9; the previous default needed gain 0.25, on par with
+#   focal). Error-driven shares train with SGD and AdamW and lead focal with both
+#   (RetinaNet twin, 4500 iterations, 3 seeds each; README "Modes", "Quality");
 # - RoI box heads (25 % positives; and sampled RPN anchors) keep the paper's gradient (the balanced one made them diverge)
 #   with margin 0: from a fresh classifier (logits within a few hundredths) the margin 0.15 puts
 #   every positive out of reach of the paper's perturbation (Faster R-CNN mAP at 600 iterations

@@ -93,6 +93,11 @@ class RankingProblem(NamedTuple):
     excluded_rows: Optional[Tensor] = None
     constant: Optional[Tensor] = None
     balanced_weight: Optional[float] = None
+    #: with ``balanced_weight``: each positive ``i`` receives its own share of the group's loss,
+    #: ``w · (1 - precision_i) / (K · P_g)`` (``P_g``: the group's positives; the error-driven
+    #: update of Rank & Sort and aLRP), instead of a share proportional to the negatives its
+    #: perturbation crossed; the negatives keep the blackbox's distribution and total.
+    error_driven: bool = False
 
 
 class GradScale:
@@ -261,7 +266,8 @@ class _Solver:
             (scale[positives.group[is_live]], scale[neg_group])
         grad.index_add_(0, neg_index, neg_delta.to(grad.dtype) * neg_scale)
         grad.index_add_(0, positives.flat_index[is_live],
-                        (rank_after - self.rank)[is_live].to(grad.dtype) * pos_scale)
+                        self._positive_values(rank_after, pos_scale, factor, grad.dtype,
+                                              is_live))
         return grad
 
     # ------------------------------------------------------------------ dense strategy
@@ -385,10 +391,26 @@ class _Solver:
         is_live = positives.flat_index < self.live_size
         pos_scale = scale if scale.dim() == 0 else scale[positives.group[is_live]]
         values.index_add_(0, positives.flat_index[is_live],
-                          (rank_after - self.rank)[is_live].to(dtype) * pos_scale)
+                          self._positive_values(rank_after, pos_scale, factor, dtype, is_live))
         grad = values if grad is None else grad.add_(values)
         scratch_pool.give(self.scratch)  # the cells and the added values are dead now
         return grad
+
+    def _positive_values(self, rank_after: Tensor, pos_scale: Tensor, factor: Optional[Tensor],
+                         dtype: torch.dtype, is_live: Tensor) -> Tensor:
+        """The live positives' gradient: rank change times the group's scale, or, with
+        ``error_driven``, ``-w (1 - precision_i) / (K P_g)`` (times ``factor``)."""
+        if not (self.problem.error_driven and self.problem.balanced_weight is not None):
+            return (rank_after - self.rank)[is_live].to(dtype) * pos_scale
+        positives = self.problem.positives
+        count = (positives.group_end - positives.group_start).to(dtype)
+        groups_with_positives = (count > 0).sum().clamp(min=1).to(dtype)
+        error = 1.0 - self.rank_among.to(dtype) / self.rank.to(dtype)
+        values = (-self.problem.balanced_weight / groups_with_positives) * error \
+            / count[positives.group].clamp(min=1)
+        if factor is not None:
+            values = factor.to(dtype) * values
+        return values[is_live]
 
     def _grad_scale(self, rank_after: Tensor, lambda_val: float, dtype: torch.dtype) -> Tensor:
         """Gradient per unit of rank change: the paper's ``1 / (λ n)`` (``-(rk(y) - rk(y')) /

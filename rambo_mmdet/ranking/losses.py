@@ -174,7 +174,8 @@ def detection_ranking_loss(scores: Tensor,
                            grad_scale: Optional[GradScale] = None,
                            balanced_gain: Optional[float] = None,
                            balanced_below: Optional[float] = None,
-                           balanced_margin: Optional[float] = None) -> DetectionRankingLoss:
+                           balanced_margin: Optional[float] = None,
+                           error_driven: bool = False) -> DetectionRankingLoss:
     """RaMBO's detection loss ``(1 - β) L_mAP + β L_APC`` on a ``[N, C]`` score matrix.
 
     ``L_mAP``: mean of ``1 - AP_c`` over the classes with positives, each class ranking the
@@ -204,6 +205,12 @@ def detection_ranking_loss(scores: Tensor,
             needs anyway (no extra host sync).
         balanced_margin (float, optional): the margin α used instead of ``margin`` when the call
             uses the balanced gradient (``None``: ``margin`` in both cases).
+        error_driven (bool): with the balanced gradient: each positive receives its own share
+            of its ranking's loss, ``(1 - precision_i) / P`` times the ranking's weight (the
+            error-driven update of Rank & Sort and aLRP), instead of a share proportional to the
+            negatives its perturbation crossed (which favours positives near the top, where
+            ``dL/drk`` is largest); the negatives' gradient is unchanged (see
+            :class:`~rambo_mmdet.ranking.blackbox.RankingProblem`).
 
     Returns:
         DetectionRankingLoss: ``loss``, a float32 scalar (a term without positives contributes
@@ -242,7 +249,8 @@ def detection_ranking_loss(scores: Tensor,
                                        PositiveSet.from_flat_index(flat_index, num_classes),
                                        excluded_rows, constant,
                                        None if balanced_gain is None
-                                       else balanced_gain * (1.0 - interclass_weight)))
+                                       else balanced_gain * (1.0 - interclass_weight),
+                                       error_driven))
         weights.append(1.0 - interclass_weight)
     if interclass_weight > 0:
         excluded_entries = None
@@ -252,7 +260,7 @@ def detection_ranking_loss(scores: Tensor,
         problems.append(RankingProblem(1, PositiveSet.from_flat_index(live_positives, 1),
                                        excluded_entries, None,
                                        None if balanced_gain is None
-                                       else balanced_gain * interclass_weight))
+                                       else balanced_gain * interclass_weight, error_driven))
         weights.append(interclass_weight)
 
     terms = []

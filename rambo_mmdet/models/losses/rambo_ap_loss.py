@@ -21,15 +21,16 @@ _ACTIVATIONS = ('logits', 'sigmoid')
 #: margin with the balanced gradient) and balanced_gain (None: the paper's gradient size),
 #: balanced_below: the balanced gradient only when the positives are fewer than this fraction of
 #: the ranked rows (None: always), bce_weight: the weight of the sigmoid cross-entropy term
-#: added in the calls that use the paper's gradient, and focal_weight: the weight of the sigmoid
-#: focal loss added in the calls that use the balanced gradient.
+#: added in the calls that use the paper's gradient, focal_weight: the weight of the sigmoid
+#: focal loss added in the calls that use the balanced gradient, and error_driven: whether the
+#: balanced gradient gives each positive its own error's share (see RankingProblem).
 MODES = {
-    'auto': dict(lambda_val=0.5, margin=0.0, balanced_margin=0.15, balanced_gain=0.25,
-                 balanced_below=1 / 32, bce_weight=0.5, focal_weight=0.0),
-    'balanced': dict(lambda_val=0.5, margin=0.15, balanced_margin=0.15, balanced_gain=0.25,
-                     balanced_below=None, bce_weight=0.0, focal_weight=0.0),
+    'auto': dict(lambda_val=0.5, margin=0.0, balanced_margin=0.15, balanced_gain=1.0,
+                 balanced_below=1 / 32, bce_weight=0.5, focal_weight=0.0, error_driven=True),
+    'balanced': dict(lambda_val=0.5, margin=0.15, balanced_margin=0.15, balanced_gain=1.0,
+                     balanced_below=None, bce_weight=0.0, focal_weight=0.0, error_driven=True),
     'paper': dict(lambda_val=0.5, margin=0.15, balanced_margin=0.15, balanced_gain=None,
-                  balanced_below=None, bce_weight=0.0, focal_weight=0.0),
+                  balanced_below=None, bce_weight=0.0, focal_weight=0.0, error_driven=False),
 }
 #: labels travel to other ranks in a float32 column: exact below 2**24
 _MAX_PACKED_CLASSES = 1 << 24
@@ -97,21 +98,22 @@ class RaMBOAPLoss(nn.Module):
       the box head's shared fc layers also carry the box regression; the cross-entropy gives
       every score a gradient and keeps the logits on a probability scale, the ranking term
       orders them.
-    - ``'balanced'``: per ranking group, the paper's direction rescaled so positives (and
-      negatives) receive ``balanced_gain · (1 - AP_g) / K`` in total (the balance of Rank & Sort
-      and aLRP; ``K`` groups with positives), at most that divided by the group's positives per
-      crossing; margin 0.15; ``balanced_gain`` 0.25. Its size depends neither on the ranking
-      length nor on the positive fraction, while the paper's shrinks with the fraction
-      (measured: ~3x from 1 % to 0.2 % positives), which leaves a dense head almost no gradient.
-      Gain 0.25 gives the positives, at the start (AP ~0), the total gradient that mmdet's
-      focal loss gives them (``alpha (1 - p)^gamma`` per positive over the positive count:
-      ~``alpha`` = 0.25), so the ranking drives the backbone and FPN, which the box branch
-      shares, no harder than focal does (``tools/gradient_split.py``). Measured on the
-      RetinaNet twin: gain 10 (an earlier default) drove them 4-5x (start) to 17-22x (end)
-      harder than the box loss and lost AP75 with AdamW; gain 1 (the next default) was fine
-      with AdamW but ran away with SGD (positives' logit spread 14 within 100 iterations,
-      validation mAP 1.0 at 1125 iterations vs focal 13.9); gain 0.25 learns with both
-      (SGD: 13.8 at 1125).
+    - ``'balanced'``: per ranking group, positives and negatives each receive
+      ``balanced_gain · (1 - AP_g) / K`` in total (``K`` groups with positives; the balance of
+      Rank & Sort and aLRP): each positive its own error's share, ``balanced_gain ·
+      (1 - precision_i) / (K · P_g)`` (``error_driven``, default), the negatives in the paper's
+      direction (by the crossings of the blackbox perturbation, at most the group's share over
+      its positives per crossing); margin 0.15; ``balanced_gain`` 1. Its size depends neither
+      on the ranking length nor on the positive fraction, while the paper's shrinks with the
+      fraction (measured: ~3x from 1 % to 0.2 % positives), which leaves a dense head almost no
+      gradient. Why the positives' shares: the blackbox perturbation ``λ · dL/drk`` is largest
+      for positives near the top (``dL/drk ∝ rk+ / rk²``), so sharing by crossings (the
+      paper's direction, ``error_driven=False``) gives the best-ranked positives most of the
+      gradient and the badly ranked ones almost none; with SGD (gain 1) that spread the
+      positives' logits (std 8-14 within 100 iterations) and the RetinaNet twin did not learn
+      (validation mAP 1.0 at 1125 iterations, focal 13.9), so the previous default needed gain
+      0.25 and was only on par with focal. Shared by errors, gain 1 trains with SGD and AdamW
+      and leads focal with both (see the README, *Quality*).
     - ``'paper'``: the paper's exact loss and gradient (λ 0.5, α 0.15, τ 7, β 1/3).
 
     An explicit ``margin`` applies with either gradient. Measured (FashionDet twins,
@@ -128,9 +130,7 @@ class RaMBOAPLoss(nn.Module):
       tower's last features at positive anchors die (iteration 100-150: 97 % zeros, positives'
       logits within 0.005 of the bias, tied with the hard negatives around them; the head only
       pushes background down), AP50 13.2; with 0.15 they stay alive, AP50 21.3 (focal 14.8;
-      gain 10). 4500 iterations, test split, seed 0, mAP / AP50 / AP75: gain 1 28.5 / 45.5 /
-      31.5, gain 0.25 28.4 / 44.3 / 31.6, gain 10 26.9 / 44.9 / 28.9, focal 28.0 / 42.8 /
-      31.4 (4 seeds: see the README).
+      gain 10). Gains and the positives' shares at 4500 iterations: see the README.
     - The RoI box head needs the paper's gradient (balanced: gradient norm ~1000 within 200
       iterations) *without* margin: from a fresh classifier (logits within a few hundredths) the
       margin puts every positive below every negative, out of reach of the paper's small
@@ -271,6 +271,9 @@ class RaMBOAPLoss(nn.Module):
         focal_weight (float, optional): ``'auto'`` only: weight of mmdet's sigmoid focal loss
             (gamma 2, alpha 0.25, divided by the positive rows) added in the calls that use the
             balanced gradient (dense heads; see *Modes*). Default 0.
+        error_driven (bool, optional): not in ``'paper'`` mode: the balanced gradient gives
+            each positive its own error's share (see *Modes*). Default True (``'auto'``,
+            ``'balanced'``); False: shares by the negatives each positive's perturbation crossed.
         calibration_interval (int, optional): update the map every this many training calls.
             Default: 1 for ``'ranked_rows'`` (a few passes over at most
             ``calibration_max_rows`` rows), 8 for ``'detections'`` (the head's post-processing
@@ -316,7 +319,8 @@ class RaMBOAPLoss(nn.Module):
                  calibration_source: str = 'ranked_rows',
                  calibration_interval: Optional[int] = None,
                  bce_weight: Optional[float] = None,
-                 focal_weight: Optional[float] = None) -> None:
+                 focal_weight: Optional[float] = None,
+                 error_driven: Optional[bool] = None) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f'{name}: mode must be one of {tuple(MODES)}, got {mode!r}')
@@ -333,6 +337,9 @@ class RaMBOAPLoss(nn.Module):
         focal_weight = _pointwise_weight(name, mode, 'focal_weight', focal_weight, 'the balanced')
         if balanced_gain is not None and balanced_gain <= 0:
             raise ValueError(f'{name}: balanced_gain must be > 0, got {balanced_gain}')
+        if mode == 'paper' and error_driven:
+            raise ValueError(f"{name}: error_driven does not apply to mode='paper' (the "
+                             f"paper's gradient); use mode='auto' or 'balanced'")
         if not use_sigmoid:
             raise ValueError(
                 f'{name}: use_sigmoid=False is not supported: RaMBOAPLoss scores each class '
@@ -361,6 +368,8 @@ class RaMBOAPLoss(nn.Module):
         self.interclass_weight = float(interclass_weight)
         self.bce_weight = float(bce_weight)
         self.focal_weight = float(focal_weight)
+        self.error_driven = bool(defaults['error_driven'] if error_driven is None
+                                 else error_driven)
         self.score_activation = score_activation
         self.loss_weight = float(loss_weight)
         self.global_batch = global_batch
@@ -662,7 +671,7 @@ class RaMBOAPLoss(nn.Module):
             lambda_val=self.lambda_val, margin=self.margin,
             interclass_weight=self.interclass_weight, grad_scale=grad_scale,
             balanced_gain=self.balanced_gain, balanced_below=self._balanced_below(),
-            balanced_margin=self.balanced_margin)
+            balanced_margin=self.balanced_margin, error_driven=self.error_driven)
         pointwise = pointwise_term(logits, labels, valid, balanced, self.bce_weight,
                                    self.focal_weight)
         if self.record_stats:
@@ -718,7 +727,7 @@ class RaMBOAPLoss(nn.Module):
                 excluded_rows=excluded, memory=memory,
                 lambda_val=self.lambda_val, margin=self.margin, interclass_weight=1.0,
                 balanced_gain=self.balanced_gain, balanced_below=self._balanced_below(),
-                balanced_margin=self.balanced_margin)
+                balanced_margin=self.balanced_margin, error_driven=self.error_driven)
         if beta > 0:
             stats['ap_apc'] = torch.where(num_pos > 0, 1 - apc_loss, nan)
         if beta < 1:
@@ -764,7 +773,7 @@ class RaMBOAPLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f'mode={self.mode!r}, lambda_val={self.lambda_val}, margin={self.margin}, '
                 f'balanced_margin={self.balanced_margin}, '
-                f'balanced_gain={self.balanced_gain}, '
+                f'balanced_gain={self.balanced_gain}, error_driven={self.error_driven}, '
                 f'interclass_weight={self.interclass_weight:.4g}, bce_weight={self.bce_weight}, '
                 f'focal_weight={self.focal_weight}, '
                 f'score_activation={self.score_activation!r}, loss_weight={self.loss_weight}, '
