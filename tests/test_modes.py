@@ -339,10 +339,13 @@ def _train_toy(loss_fn, kind, seed, n, fraction, lr, adamw=False, num_classes=5,
                           for c in range(num_classes)]))
 
 
-def test_dense_toy_head_trains_at_least_as_well_as_focal_loss():
-    # 2000 anchors per step, 1 % positives, RetinaNet's prior bias, AdamW 2e-3 (the FashionDet
-    # configs' optimiser). The detector twin with SGD: README "Modes"
-    kwargs = dict(n=2000, fraction=0.01, lr=0.002, adamw=True)
+@pytest.mark.parametrize('adamw, lr', [(True, 0.002), (False, 0.01)])
+def test_dense_toy_head_trains_at_least_as_well_as_focal_loss(adamw, lr):
+    # 2000 anchors per step, 1 % positives, RetinaNet's prior bias; AdamW 2e-3 (the FashionDet
+    # configs' optimiser) and SGD 0.01 with momentum 0.9 (mmdet's COCO optimiser). Measured:
+    # AdamW 0.549 / 0.553 vs focal 0.524 / 0.542, SGD 0.576 / 0.567 vs 0.529 / 0.533. The
+    # detector twins with both optimisers: README "Quality"
+    kwargs = dict(n=2000, fraction=0.01, lr=lr, adamw=adamw)
     rambo = [_train_toy(RaMBOAPLoss(memory_batches=0), 'sigmoid', s, **kwargs) for s in (0, 1)]
     focal = [_train_toy(FocalLoss(use_sigmoid=True), 'focal', s, **kwargs) for s in (0, 1)]
     # the comparison can fail: an untrained head (no gradient) scores far below
