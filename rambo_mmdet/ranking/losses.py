@@ -197,7 +197,8 @@ def detection_ranking_loss(scores: Tensor,
             :class:`~rambo_mmdet.ranking.blackbox.RankingProblem`): the positives of each class
             of ``L_mAP`` receive in total ``g (1 - β)(1 - AP_c) / K`` and those of ``L_APC``
             ``g β (1 - AP)`` (the negatives as much), whatever the ranking length and score
-            spread; the same direction as the paper's gradient within each ranking.
+            spread; the same direction as the paper's gradient within each ranking (for the
+            positives, unless ``error_driven``).
         balanced_below (float, optional): with ``balanced_gain``: use the balanced gradient only
             when the positives of the ``L_mAP`` ranking are fewer than this fraction of its rows
             (valid rows plus memory rows), the paper's gradient otherwise (``None``: always the
