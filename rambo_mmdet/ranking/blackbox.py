@@ -402,15 +402,21 @@ class _Solver:
         ``error_driven``, ``-w (1 - precision_i) / (K P_g)`` (times ``factor``)."""
         if not (self.problem.error_driven and self.problem.balanced_weight is not None):
             return (rank_after - self.rank)[is_live].to(dtype) * pos_scale
-        positives = self.problem.positives
-        count = (positives.group_end - positives.group_start).to(dtype)
-        groups_with_positives = (count > 0).sum().clamp(min=1).to(dtype)
-        error = 1.0 - self.rank_among.to(dtype) / self.rank.to(dtype)
-        values = (-self.problem.balanced_weight / groups_with_positives) * error \
-            / count[positives.group].clamp(min=1)
+        precision, count, share = self._balanced_share(dtype)
+        values = -share * (1.0 - precision) / count[self.problem.positives.group].clamp(min=1)
         if factor is not None:
             values = factor.to(dtype) * values
         return values[is_live]
+
+    def _balanced_share(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
+        """What the balanced gradient divides: each positive's precision ``rk+ / rk`` ``[P]``,
+        each group's positive count ``[G]`` and ``w / K`` (the balanced weight over the groups
+        with positives), in ``dtype``."""
+        positives = self.problem.positives
+        count = (positives.group_end - positives.group_start).to(dtype)
+        precision = self.rank_among.to(dtype) / self.rank.to(dtype)
+        return precision, count, \
+            self.problem.balanced_weight / (count > 0).sum().clamp(min=1).to(dtype)
 
     def _grad_scale(self, rank_after: Tensor, lambda_val: float, dtype: torch.dtype) -> Tensor:
         """Gradient per unit of rank change: the paper's ``1 / (λ n)`` (``-(rk(y) - rk(y')) /
@@ -420,11 +426,10 @@ class _Solver:
             return torch.tensor(1.0 / (lambda_val * self.length), dtype=dtype,
                                 device=rank_after.device)
         positives, groups = self.problem.positives, self.problem.num_groups
-        count = positives.group_end - positives.group_start
-        precision = self.rank_among.to(dtype) / self.rank.to(dtype)
+        precision, count, share = self._balanced_share(dtype)
         loss = 1.0 - torch.zeros(groups, dtype=dtype, device=rank_after.device).index_add_(
-            0, positives.group, precision) / count.clamp(min=1).to(dtype)
-        target = (weight / (count > 0).sum().clamp(min=1).to(dtype)) * loss
+            0, positives.group, precision) / count.clamp(min=1)
+        target = share * loss
         # rank gained by the group's positives = positive-negative crossings (positive-positive
         # swaps cancel in the sum)
         gained = torch.zeros(groups, dtype=dtype, device=rank_after.device).index_add_(
@@ -432,7 +437,7 @@ class _Solver:
         # per crossing at most target / count: a group whose positives cross few negatives (a
         # short or well-ordered ranking) gets proportionally less, instead of its whole share
         # concentrated on those few scores
-        return torch.where(gained > 0, target / torch.maximum(gained, count.to(dtype)).clamp(min=1),
+        return torch.where(gained > 0, target / torch.maximum(gained, count).clamp(min=1),
                            torch.zeros_like(gained))
 
 
