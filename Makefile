@@ -7,7 +7,8 @@
 #   make pretrained         classification-pretrain the FashionDet backbone
 #                           (tools/pretrain_backbone.py -> data/pretrained/resnet18_half_fashion.pth;
 #                           ~6.5 min once, seconds when up to date)
-#   make benchmark-loss     $(VENV)/bin/python tools/benchmark_loss.py
+#   make benchmark-loss     $(VENV)/bin/python tools/benchmark_loss.py --scale (100k to 100M
+#                           scores; -> results/benchmark_loss/<device>.{json,md}; ~10 min)
 #   make benchmark-quality  tools/benchmark_quality.py, 2 runs at a time: the Faster R-CNN twins at
 #                           1500 iterations (-> results/quality/) and the RetinaNet twins at 4500
 #                           (-> results/quality_long/; at 1500 focal stays below AP50 40), 3 seeds
@@ -48,7 +49,7 @@ pretrained: env
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) tools/pretrain_backbone.py
 
 benchmark-loss:
-	$(PYTHON) tools/benchmark_loss.py
+	$(PYTHON) tools/benchmark_loss.py --scale
 
 benchmark-quality:
 	$(PYTHON) tools/benchmark_quality.py --detectors faster_rcnn --jobs 2

@@ -15,7 +15,9 @@ fitted on all validation detections (score_thr 0, although the config's is highe
 the identity and is stored in the checkpoint (state dict and ``meta``), which loads into the
 config's model with that map and otherwise the input weights; with and without the map the
 detections at score_thr 0 are identical and COCO AP is the same, while the ECE drops. And the
-``--fit train --mode per_class`` path runs, writes one map per class, all moved down.
+``--fit train --mode per_class`` path runs, writes one map per class, all moved down. The
+report's ``below`` (what a score_thr gives up) matches the thresholded run, and ``--fit none``
+reports a detector without a map as it is.
 """
 import argparse
 import json
@@ -202,6 +204,16 @@ def test_fit_val_writes_the_map_and_keeps_the_detections(checkpoint, tmp_path):
 
     assert mean_ece(calibrated) < mean_ece(plain) / 2
     assert runs['calibrated@0.05']['detections'] < calibrated['detections']
+    # what the threshold gives up, read off the score_thr-0 run: exactly the detections (and
+    # correct ones) that the 0.05 run lost; the reliability bins hold every detection
+    below = calibrated['below']['0.05']
+    assert below['detections'] == calibrated['detections'] - runs['calibrated@0.05']['detections']
+    assert below['correct'] == calibrated['correct'] - runs['calibrated@0.05']['correct']
+    assert below['correct_share'] == pytest.approx(below['correct'] / calibrated['correct'])
+    for row in (plain, calibrated):
+        assert len(row['reliability']) == 15
+        assert sum(b['detections'] for b in row['reliability']) == row['detections']
+        assert sum(b['correct'] for b in row['reliability']) == row['correct']
 
     # the output checkpoint: the input's weights plus the fitted map (state dict and meta)
     saved = load_checkpoint_file(str(out))
@@ -252,3 +264,34 @@ def test_fit_train_per_class(checkpoint, tmp_path):
     assert torch.allclose(state[f'{LOSS}.calib_scale'], scale)
     assert torch.allclose(state[f'{LOSS}.calib_bias'], bias)
     assert all(torch.equal(state[key], value) for key, value in weights.items())
+
+
+def test_fit_none_reports_a_detector_without_a_map_as_is(checkpoint, tmp_path):
+    """``--fit none`` on a loss without a calibration map (here RaMBOAPLoss with
+    ``calibration=None``; likewise focal / cross-entropy twins): the scores as they are, at
+    score_thr 0 and at the given threshold, with what the threshold gives up; any other ``--fit``
+    is refused with a message naming ``--fit none``."""
+    data_root, ckpt, _, _ = checkpoint
+    no_map = _cfg_options(data_root, 0.0) + [f'model.{LOSS}.calibration=None']
+    env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
+    refused = subprocess.run([sys.executable, CALIBRATE, CONFIG, ckpt, '--fit', 'val',
+                              '--cfg-options', *no_map], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and 'use --fit none' in refused.stderr
+
+    report_path = tmp_path / 'as_is.json'
+    proc = _calibrate(ckpt, '--fit', 'none', '--score-thr', '0.52', '--json', str(report_path),
+                      '--out', str(tmp_path / 'ignored.pth'), '--cfg-options', *no_map)
+    assert '--out ignored' in proc.stdout and not (tmp_path / 'ignored.pth').exists()
+    report = json.loads(report_path.read_text())
+    assert report['fit'] == 'none' and report['mode'] is None
+    runs = report['runs']
+    assert set(runs) == {'as-is@0', 'as-is@0.52'}
+    full, cut = runs['as-is@0'], runs['as-is@0.52']
+    # sigmoid(logit) of the random detector: ~0.52, the same detections as 'uncalibrated@0'
+    assert full['detections'] == 8 * 100 and full['correct'] == 8 * len(ORACLE_RANKS)
+    assert 0.4 < full['mean_score'] < 0.6
+    below = full['below']['0.52']
+    assert 0 < below['detections'] < full['detections']  # the threshold cuts inside the band
+    assert below['detections'] == full['detections'] - cut['detections']
+    assert below['correct'] == full['correct'] - cut['correct']

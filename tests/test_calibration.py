@@ -120,6 +120,37 @@ def test_loss_update_converges_to_the_full_fit():
     assert loss.calib_updates.item() == 60
 
 
+def test_first_updates_average_then_the_rate_applies(monkeypatch):
+    """The n-th update moves the map by max(calibration_rate, 1 / n) towards that call's Newton
+    step: the first one all the way (the map leaves the identity at once), then a running
+    average, then the moving fit's fixed rate (here 0.25, from the 4th update on)."""
+    from rambo_mmdet.models.losses import rambo_ap_loss
+    targets = iter([(2.0, -1.0), (4.0, -3.0), (1.0, 1.0), (3.0, 0.0), (7.0, -5.0)])
+
+    def step(logits, targets_, scale, bias, weights=None, **kwargs):
+        a, b = next(targets)
+        return (torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64),
+                torch.tensor(0.0, dtype=torch.float64))
+
+    monkeypatch.setattr(rambo_ap_loss, 'logistic_fit_step', step)
+    loss = RaMBOAPLoss(memory_batches=0, calibration_rate=0.25)
+    logits, labels = _batch(2)
+    seen = []
+    for _ in range(5):
+        loss(logits.clone().requires_grad_(), labels)
+        seen.append((loss.calib_scale.item(), loss.calib_bias.item()))
+    # 1: all the way; 2: the mean of the first two; 3: of the first three; 4, 5: rate 0.25
+    a, b = 2.0, -1.0
+    expected = [(a, b)]
+    for n, (ta, tb) in enumerate([(4.0, -3.0), (1.0, 1.0), (3.0, 0.0), (7.0, -5.0)], start=2):
+        rate = max(0.25, 1 / n)
+        a, b = a + rate * (ta - a), b + rate * (tb - b)
+        expected.append((a, b))
+    assert seen == [pytest.approx(e, abs=1e-6) for e in expected]
+    assert seen[2] == pytest.approx(((2 + 4 + 1) / 3, (-1 - 3 + 1) / 3), abs=1e-6)
+    assert loss.calib_updates.item() == 5
+
+
 def test_fit_is_safeguarded_on_a_narrow_band_of_logits():
     """A dense head's logits: a bulk far below, positives in a band 0.01 wide at the top (the
     RetinaNet twin trained without margin). Plain Newton from (1, 0) overshoots and cycles; the
@@ -208,7 +239,7 @@ def test_calibration_interval():
         loss(logits, labels)
     assert loss.calib_updates.item() == 2
     assert RaMBOAPLoss().calibration_interval == 1
-    assert RaMBOAPLoss(calibration_source='detections').calibration_interval == 8
+    assert RaMBOAPLoss(calibration_source='detections').calibration_interval == 32
 
 
 def test_bad_calibration_options():

@@ -13,13 +13,18 @@
     training targets (sampled RoIs / assigned anchors) of ``--train-batches`` training batches,
     the network frozen (BatchNorm statistics restored afterwards);
   - ``--fit none``: keep the checkpoint's map (to report on a model trained with calibration);
+    for a detector trained with another loss (focal, cross-entropy), or a RaMBOAPLoss config
+    with ``calibration=None``, its scores as they are (runs ``as-is@<thr>``), e.g. the stock
+    twin of an A/B;
 
 * reports on ``--split`` (default test) for the uncalibrated scores (identity map) and the
   calibrated ones: COCO mAP / AP50 / AP75 (pycocotools) at score_thr 0 and at each
   ``--score-thr``, whether the detections at score_thr 0 are identical (boxes, labels, order of
   scores) with and without the map, and the expected calibration error (15 equal-width bins;
   :func:`rambo_mmdet.calibration.expected_calibration_error`), over all detections and per
-  class (``ece_per_class`` in the JSON report; mean and worst class printed).
+  class (``ece_per_class`` in the JSON report; mean and worst class printed), the reliability
+  bins behind it (``reliability``), and what each ``--score-thr`` gives up (``below``: the
+  detections scored at or below it and the correct ones among them).
 
 Examples::
 
@@ -48,7 +53,7 @@ import torch  # noqa: E402
 import rambo_mmdet  # noqa: E402,F401  (shims + registration)
 from mmengine.config import DictAction  # noqa: E402
 from rambo_mmdet.calibration import (expected_calibration_error, fit_logistic,  # noqa: E402
-                                     match_detections)
+                                     match_detections, reliability_bins)
 
 
 def parse_args(argv=None):
@@ -81,12 +86,18 @@ def _build(args):
     cfg = load_config(args.config, cfg_options=args.cfg_options)
     cfg.model.backbone.init_cfg = None  # the checkpoint has every weight
     head_cfg = cfg.model.roi_head.bbox_head if 'roi_head' in cfg.model else cfg.model.bbox_head
-    if head_cfg.loss_cls.get('type') != 'RaMBOAPLoss':
-        raise SystemExit(f'{args.config}: the scoring head\'s loss is '
-                         f'{head_cfg.loss_cls.get("type")}, not RaMBOAPLoss')
-    head_cfg.loss_cls.calibration = args.mode
-    if args.mode == 'per_class':
-        head_cfg.loss_cls.num_classes = head_cfg.num_classes
+    as_is = head_cfg.loss_cls.get('type') != 'RaMBOAPLoss' or (
+        'calibration' in head_cfg.loss_cls and head_cfg.loss_cls.calibration is None)
+    if as_is:  # no map: report the scores as they are, if asked to
+        if args.fit != 'none':
+            raise SystemExit(f'{args.config}: the scoring head\'s loss is '
+                             f'{head_cfg.loss_cls.get("type")} without a calibration map, '
+                             'not RaMBOAPLoss with calibration (use --fit none to report its '
+                             'scores as they are)')
+    else:
+        head_cfg.loss_cls.calibration = args.mode
+        if args.mode == 'per_class':
+            head_cfg.loss_cls.num_classes = head_cfg.num_classes
     model = MODELS.build(cfg.model)
     with contextlib.redirect_stderr(io.StringIO()):
         load_checkpoint(model, args.checkpoint, map_location='cpu', strict=False,
@@ -96,10 +107,13 @@ def _build(args):
 
 
 def _scoring(model):
-    """(the loss whose map scores the detections, the test cfg holding score_thr)."""
+    """(the loss whose map scores the detections, or None for another loss; the test cfg
+    holding score_thr)."""
     if hasattr(model, 'roi_head'):
-        return model.roi_head.bbox_head.loss_cls, model.roi_head.test_cfg
-    return model.bbox_head.loss_cls, model.bbox_head.test_cfg
+        loss, test_cfg = model.roi_head.bbox_head.loss_cls, model.roi_head.test_cfg
+    else:
+        loss, test_cfg = model.bbox_head.loss_cls, model.bbox_head.test_cfg
+    return (loss if hasattr(loss, 'calib_scale') else None), test_cfg
 
 
 def _loader(cfg, split, max_images=None, train=False):
@@ -161,7 +175,22 @@ def coco_ap(images, dataset):
     return [float(x) for x in evaluator.stats]
 
 
-def summarise(images, dataset, bins):
+def below_thresholds(scores, correct, thresholds):
+    """What each score threshold would drop from these detections: per threshold ``t``, the
+    detections scored at most ``t`` (mmdet keeps scores ``> score_thr``), the correct ones among
+    them, and their share of all correct detections (the recall a ``score_thr`` of ``t`` gives
+    up at IoU 0.5)."""
+    total = int(correct.sum())
+    out = {}
+    for t in thresholds:
+        below = scores <= t
+        lost = int(correct[below].sum())
+        out[f'{t:g}'] = dict(detections=int(below.sum()), correct=lost,
+                             correct_share=lost / total if total else 0.0)
+    return out
+
+
+def summarise(images, dataset, bins, thresholds=()):
     scores = torch.cat([i['scores'] for i in images]) if images else torch.zeros(0)
     correct = torch.cat([i['correct'] for i in images]) if images else torch.zeros(0, dtype=bool)
     labels = torch.cat([i['labels'] for i in images]) if images else torch.zeros(0, dtype=int)
@@ -177,6 +206,9 @@ def summarise(images, dataset, bins):
     return dict(mAP=stats[0], AP50=stats[1], AP75=stats[2], coco_stats=stats,
                 ece=expected_calibration_error(scores, correct, bins), ece_per_class=per_class,
                 detections=int(scores.numel()), correct=int(correct.sum()),
+                below=below_thresholds(scores, correct, thresholds),
+                reliability=[dict(zip(('detections', 'score_sum', 'correct'), row))
+                             for row in reliability_bins(scores, correct, bins).tolist()],
                 mean_score=float(scores.double().mean()) if scores.numel() else 0.0,
                 score_range=[float(scores.min()), float(scores.max())] if scores.numel() else [])
 
@@ -245,12 +277,51 @@ def fit_on_train(model, loss, cfg, args):
     return scale, bias
 
 
+def print_runs(report, num_images, bins):
+    print(f'{report["split"]} split ({num_images} images), ECE with {bins} bins:')
+    print(f'  {"run":<18} {"mAP":>6} {"AP50":>6} {"AP75":>6} {"ECE":>7} {"dets":>7} '
+          f'{"correct":>7} {"scores":>15}')
+    for name, row in report['runs'].items():
+        lo_hi = '-'.join(f'{x:.3f}' for x in row['score_range'])
+        print(f'  {name:<18} {100 * row["mAP"]:6.2f} {100 * row["AP50"]:6.2f} '
+              f'{100 * row["AP75"]:6.2f} {row["ece"]:7.4f} {row["detections"]:7d} '
+              f'{row["correct"]:7d} {lo_hi:>15}')
+        for thr, lost in row['below'].items():
+            print(f'  {"":<18} <= {thr}: {lost["detections"]} detections, {lost["correct"]} '
+                  f'correct ({100 * lost["correct_share"]:.1f} % of the correct ones)')
+
+
+def report_as_is(args, cfg, model, test_cfg, start):
+    """The report for a detector whose loss has no map (e.g. the focal or cross-entropy twin):
+    its scores as they are, at score_thr 0 and at each ``--score-thr``."""
+    loader = _loader(cfg, args.split, args.max_images)
+    report = dict(config=args.config, checkpoint=args.checkpoint, fit='none', mode=None,
+                  split=args.split, bins=args.bins, runs={})
+    config_thr = float(test_cfg.score_thr)
+    for thr in [0.0] + list(args.score_thr):
+        test_cfg.score_thr = thr
+        report['runs'][f'as-is@{thr:g}'] = summarise(collect(model, loader), loader.dataset,
+                                                      args.bins, args.score_thr)
+    test_cfg.score_thr = config_thr
+    report['seconds'] = round(time.time() - start, 1)
+    print_runs(report, len(loader.dataset), args.bins)
+    if args.out:
+        print('--out ignored: the loss has no calibration map')
+    if args.json:
+        os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
+        with open(args.json, 'w') as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(0)
     start = time.time()
     cfg, model = _build(args)
     loss, test_cfg = _scoring(model)
+    if loss is None:  # another loss (--fit none): its scores as they are
+        return report_as_is(args, cfg, model, test_cfg, start)
     learned = (loss.calib_scale.clone(), loss.calib_bias.clone(), int(loss.calib_updates))
     fitted_on = None  # --fit val: the number of validation detections fitted
     if args.fit == 'val':
@@ -279,7 +350,7 @@ def main(argv=None):
         set_map(loss, a, b)
         test_cfg.score_thr = thr
         results[name] = collect(model, loader)
-        report['runs'][name] = summarise(results[name], dataset, args.bins)
+        report['runs'][name] = summarise(results[name], dataset, args.bins, args.score_thr)
     test_cfg.score_thr = config_thr
     set_map(loss, scale, bias)
     report['identical_detections_at_0'] = same_detections(results['uncalibrated@0'],
@@ -288,14 +359,7 @@ def main(argv=None):
                                            == report['runs']['calibrated@0']['coco_stats'])
     report['seconds'] = round(time.time() - start, 1)
 
-    print(f'{args.split} split ({len(dataset)} images), ECE with {args.bins} bins:')
-    print(f'  {"run":<18} {"mAP":>6} {"AP50":>6} {"AP75":>6} {"ECE":>7} {"dets":>7} '
-          f'{"correct":>7} {"scores":>15}')
-    for name, row in report['runs'].items():
-        lo_hi = '-'.join(f'{x:.3f}' for x in row['score_range'])
-        print(f'  {name:<18} {100 * row["mAP"]:6.2f} {100 * row["AP50"]:6.2f} '
-              f'{100 * row["AP75"]:6.2f} {row["ece"]:7.4f} {row["detections"]:7d} '
-              f'{row["correct"]:7d} {lo_hi:>15}')
+    print_runs(report, len(dataset), args.bins)
     for name, row in report['runs'].items():
         if name.endswith('@0') and row['ece_per_class']:
             eces = {c: v['ece'] for c, v in row['ece_per_class'].items()}
