@@ -15,8 +15,8 @@
 #                           each, then the README's results table (~4 h on 2 cores)
 #   make benchmark-quality-sgd  the same twins with SGD (momentum 0.9, weight decay 1e-4; lr 0.02
 #                           Faster R-CNN, 0.01 RetinaNet: mmdet's COCO values, which the shipped
-#                           COCO / VOC configs inherit), Faster R-CNN seed 0, RetinaNet seeds 0-2
-#                           (-> results/quality_sgd/; ~2.5 h)
+#                           COCO / VOC configs inherit), seeds 0-2 of both twins
+#                           (-> results/quality_sgd/; ~2 h on this session's 2 cores)
 #   make mutation           mutation testing (mutmut, tools/mutation.py) of rambo_mmdet/ranking/
 #                           (every mutant) and rambo_mmdet/models/ (a 1-in-5 sample), on a
 #                           temporary copy of the tree -> results/mutation.{json,md}; NOT in CI:
@@ -61,7 +61,7 @@ SGD := optim_wrapper.optimizer.type=SGD optim_wrapper.optimizer.momentum=0.9 \
 	optim_wrapper.optimizer.weight_decay=0.0001
 
 benchmark-quality-sgd:
-	$(PYTHON) tools/benchmark_quality.py --detectors faster_rcnn --seeds 0 --extra-arms --jobs 2 \
+	$(PYTHON) tools/benchmark_quality.py --detectors faster_rcnn --seeds 0 1 2 --extra-arms --jobs 2 \
 		--work-root work_dirs/quality_sgd --out-dir results/quality_sgd/faster_rcnn \
 		--cfg-options $(SGD) optim_wrapper.optimizer.lr=0.02
 	$(PYTHON) tools/benchmark_quality.py --detectors retinanet --seeds 0 1 2 --iters 4500 --extra-arms \
