@@ -277,6 +277,12 @@ def fit_on_train(model, loss, cfg, args):
     return scale, bias
 
 
+def write_json(path, report):
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(report, f, indent=1)
+
+
 def print_runs(report, num_images, bins):
     print(f'{report["split"]} split ({num_images} images), ECE with {bins} bins:')
     print(f'  {"run":<18} {"mAP":>6} {"AP50":>6} {"AP75":>6} {"ECE":>7} {"dets":>7} '
@@ -308,9 +314,7 @@ def report_as_is(args, cfg, model, test_cfg, start):
     if args.out:
         print('--out ignored: the loss has no calibration map')
     if args.json:
-        os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
-        with open(args.json, 'w') as f:
-            json.dump(report, f, indent=1)
+        write_json(args.json, report)
     return 0
 
 
@@ -370,9 +374,7 @@ def main(argv=None):
           f'{report["identical_detections_at_0"]}; identical COCO stats: '
           f'{report["identical_coco_stats_at_0"]}')
     if args.json:
-        os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
-        with open(args.json, 'w') as f:
-            json.dump(report, f, indent=1)
+        write_json(args.json, report)
     if args.out:
         from rambo_mmdet.compat import load_checkpoint_file
         ckpt = load_checkpoint_file(args.checkpoint, map_location='cpu')
