@@ -87,16 +87,33 @@ def test_cell_crossings_equal_brute_force(seed):
     assert (table != 0).any() or seed > 5
 
 
-@pytest.fixture(params=[1, 4, 10 ** 9], ids=['cell-per-entry', 'cells-of-4', 'one-cell'])
+@pytest.fixture(params=[(1, False), (4, False), (10 ** 9, False), (1, True), (4, True),
+                        (10 ** 9, True)],
+                ids=['cell-per-entry', 'cells-of-4', 'one-cell', 'cell-per-entry-sync-free',
+                     'cells-of-4-sync-free', 'one-cell-sync-free'])
 def dense_cells(request, monkeypatch, solver_paths):
     """The dense strategy forced, at a given number of entries per cell (10**9: two cells per
-    group, so nearly every entry is placed exactly; 1: nearly none is). Every per-score
-    temporary comes from the scratch pool (blocks reused, with stale contents, across calls)."""
+    group, so nearly every entry is placed exactly; 1: nearly none is), with the CPU's backward
+    or the GPU's (``SYNC_FREE``: the entries of the positives' new cells found at a size fixed
+    in the forward, checked here to hold them all). Every per-score temporary comes from the
+    scratch pool (blocks reused, with stale contents, across calls)."""
+    entries_per_cell, sync_free = request.param
     monkeypatch.setattr(blackbox, 'DENSE_FRACTION', 0.0)
     monkeypatch.setattr(scratch, 'MIN_BYTES', 0)
-    monkeypatch.setattr(blackbox, 'ENTRIES_PER_CELL', request.param)
-    yield request.param
+    monkeypatch.setattr(blackbox, 'ENTRIES_PER_CELL', entries_per_cell)
+    monkeypatch.setattr(blackbox, 'SYNC_FREE', sync_free)
+    padded = blackbox._nonzero_padded
+    found = []
+
+    def checked(mask, size):
+        found.append(int(mask.sum()))
+        assert found[-1] <= size, f'{found[-1]} entries in the new cells, room for {size}'
+        return padded(mask, size)
+
+    monkeypatch.setattr(blackbox, '_nonzero_padded', checked)
+    yield entries_per_cell
     assert solver_paths and all(solver_paths), f'dense not run: {solver_paths}'
+    assert bool(found) == sync_free
 
 
 @pytest.mark.parametrize('seed', range(4))

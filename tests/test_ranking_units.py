@@ -872,15 +872,17 @@ def test_sparse_problems_filter_the_scores_once(seed, monkeypatch, solver_paths)
     assert float(shared[0]) == pytest.approx(float(oracle), abs=1e-6)
 
 
-def _forward_without_sharing(ctx, live, problems, lambda_val, margin, grad_scale=None):
+def _forward_without_sharing(ctx, live, problems, lambda_val, margin, grad_scale=None,
+                            grad_nonnegative=False):
     """BlackboxPositiveRanks.forward with every problem filtering all scores itself."""
     from rambo_mmdet.ranking import blackbox
     live = live.contiguous()
     ctx.solvers = [blackbox._Solver(problem, live, margin) for problem in problems]
     ctx.lambda_val, ctx.shape, ctx.grad_scale = lambda_val, live.shape, grad_scale
+    ctx.grad_nonnegative = grad_nonnegative
     outputs = []
+    blackbox._select_strategies(ctx.solvers)
     for solver in ctx.solvers:
-        solver.select()
         rank, rank_among = solver.forward(None)
         outputs += [rank.to(live.dtype) / solver.length,
                     rank_among.to(live.dtype) / solver.length]

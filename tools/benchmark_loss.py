@@ -272,10 +272,13 @@ def excluded_rows(label_weights: Optional[Tensor]) -> Optional[Tensor]:
 def rambo_fused_loss(cls_score: Tensor, labels: Tensor,
                       label_weights: Optional[Tensor]) -> Tensor:
     """The core's fused ``detection_ap_loss`` (no memory): both terms in one blackbox node, ignored
-    rows excluded inside the ranker; the same value and gradient as ``RaMBOAPLoss``."""
+    rows excluded inside the ranker, outside scaling routed through a ``GradScale`` as
+    ``RaMBOAPLoss`` does; the same value and gradient as ``RaMBOAPLoss(mode='paper')``."""
     check_scores(cls_score)
-    return detection_ap_loss(cls_score, labels.long(), excluded_rows(label_weights), None, LAMBDA,
-                             MARGIN, BETA)
+    grad_scale = ranking.GradScale()
+    loss = detection_ap_loss(cls_score, labels.long(), excluded_rows(label_weights), None, LAMBDA,
+                             MARGIN, BETA, grad_scale)
+    return ranking.route_output_grad(loss, grad_scale)
 
 
 def shipped_dense_loss(**overrides):
@@ -301,8 +304,11 @@ def shipped_core_loss(cls_score: Tensor, labels: Tensor, label_weights: Optional
     contents = memory.contents(scores) if memory is not None else None
     valid = None if label_weights is None else kept_rows(label_weights)
     excluded = None if valid is None else (~valid).nonzero().squeeze(1)
+    grad_scale = ranking.GradScale()
     loss, balanced = ranking.detection_ranking_loss(scores, labels, excluded, contents,
-                                                    interclass_weight=BETA, **SHIPPED_DENSE)
+                                                    interclass_weight=BETA,
+                                                    grad_scale=grad_scale, **SHIPPED_DENSE)
+    loss = ranking.route_output_grad(loss, grad_scale)
     pointwise = ranking.pointwise_term(scores, labels, valid, balanced, SHIPPED_BCE_WEIGHT)
     if pointwise is not None:
         loss = loss + pointwise
@@ -589,8 +595,10 @@ def run_case(device: str, size: str, regime: str, method: str, repeats: int,
     faults = statistics.median(c[4] for c in calls)
     stages = stage_breakdown(lambda: call()) if method in STAGED_METHODS else None
     syncs = count_host_syncs(fn, logits, labels, weights) if device == 'cuda' else None
+    audited = audit_host_syncs(fn, logits, labels, weights) if method in STAGED_METHODS \
+        else None
     return dict(status='ok', impl=label, ms=1e3 * statistics.median(times), stages=stages,
-                host_syncs=syncs,
+                host_syncs=syncs, sync_ops=audited,
                 wall_ms=1e3 * statistics.median(walls), clock='cpu' if cpu_clock else 'wall',
                 ms_all=[round(1e3 * t, 3) for t in times], warmup_ms=round(1e3 * warm[0], 3),
                 repeats=len(times), warmup_is_sample=n == 0, warmup_calls=warmups,
@@ -618,6 +626,27 @@ def count_host_syncs(fn: Callable, logits: Tensor, labels: Tensor,
     finally:
         torch.cuda.set_sync_debug_mode(previous)
     return counts
+
+
+def audit_host_syncs(fn: Callable, logits: Tensor, labels: Tensor,
+                     weights: Tensor) -> Dict[str, object]:
+    """Any device: the operators of one call that synchronise on CUDA, forward and backward
+    apart, as :class:`~rambo_mmdet.ranking.sync_audit.SyncAudit` models them, with the ranker's
+    GPU backward (``blackbox.SYNC_FREE``) whatever the device: ``forward`` / ``backward``
+    counts and ``backward_ops`` (what they are)."""
+    from rambo_mmdet.ranking import blackbox
+    from rambo_mmdet.ranking.sync_audit import SyncAudit
+    previous, blackbox.SYNC_FREE = blackbox.SYNC_FREE, True
+    try:
+        logits.grad = None
+        with SyncAudit() as forward:
+            loss = fn(logits, labels, weights)
+        with SyncAudit() as backward:
+            loss.backward()
+    finally:
+        blackbox.SYNC_FREE = previous
+    return dict(forward=len(forward.events), backward=len(backward.events),
+                backward_ops=backward.counts())
 
 
 def stage_breakdown(call: Callable) -> Dict[str, float]:
@@ -824,7 +853,9 @@ def summarise(rows: List[Dict]) -> List[Dict]:
                             paper_ms=paper, reference_over_paper=ratio(ref, paper),
                             paper_over_focal=ratio(paper, focal),
                             aploss_over_rambo=ratio(apl, base),
-                            memory_over_rambo=ratio(mem, base)))
+                            memory_over_rambo=ratio(mem, base),
+                            rambo_backward_sync_ops=(rambo.get('sync_ops')
+                                                     or {}).get('backward')))
     return out
 
 
@@ -851,6 +882,10 @@ def evaluate_targets(summary: List[Dict]) -> List[Dict]:
                             f'reference/rambo-paper >= {limit:g}x',
                             value=s['reference_over_paper'],
                             status=status(s['reference_over_paper'], lambda v: v >= limit)))
+        out.append(dict(method='rambo', name=f"{s['size']} {s['regime']}: rambo backward "
+                        'synchronising operators (audit, GPU path) == 0',
+                        value=s.get('rambo_backward_sync_ops'),
+                        status=status(s.get('rambo_backward_sync_ops'), lambda v: v == 0)))
     return out
 
 
@@ -858,7 +893,12 @@ STAGES_NOTE = ('One more call of each `rambo*` method under `torch.profiler`, af
                "calls: CPU ms inside the ranker's stages (select: sort the positives, choose "
                'the strategy; filter: sparse candidates or dense cells and histogram; place: exact '
                'placement and counts; backward; memory: score memory reads/writes), other: '
-               'the rest (input checks, loss arithmetic, autograd), total: all operators.')
+               'the rest (input checks, loss arithmetic, autograd), total: all operators. '
+               'sync ops (audit): the operators of one call that make a CUDA host wait for the '
+               'device (nonzero, boolean-mask indexing, host reads, bincount, ...), counted on '
+               'any device by rambo_mmdet.ranking.sync_audit.SyncAudit with the GPU backward '
+               '(blackbox.SYNC_FREE); host syncs (CUDA only): counted by '
+               'torch.cuda.set_sync_debug_mode.')
 NOTE_R = ('fwd+bwd ms: median over R timed calls after up to 8 warm-up calls (as many as fit '
           'in 3 s, at least one; 1*: one call of more than 10 s, the warm-up call itself timed), '
           'by the clock named above; wall ms: the median wall-clock time of the same calls; '
@@ -907,12 +947,17 @@ def render(result: Dict) -> Tuple[str, str]:
     gtable = [[r['size'], r['regime'], r['method']]
               + [_fmt(r['stages'].get(n), '.1f') for n in stage_names]
               for r in rows if r['status'] == 'ok' and r.get('stages')]
-    if any(r.get('host_syncs') for r in rows):  # CUDA runs: host syncs per call
+    staged = [r for r in rows if r['status'] == 'ok' and r.get('stages')]
+    # synchronising operators per call, modelled on any device (the GPU's backward)
+    ghead = ghead + ['sync ops fwd (audit)', 'sync ops bwd (audit)']
+    gtable = [row + [str((r.get('sync_ops') or {}).get('forward', '-')),
+                     str((r.get('sync_ops') or {}).get('backward', '-'))]
+              for row, r in zip(gtable, staged)]
+    if any(r.get('host_syncs') for r in rows):  # CUDA runs: host syncs per call, counted
         ghead = ghead + ['host syncs fwd', 'host syncs bwd']
         gtable = [row + [str((r.get('host_syncs') or {}).get('forward', '-')),
                          str((r.get('host_syncs') or {}).get('backward', '-'))]
-                  for row, r in zip(gtable, [r for r in rows
-                                             if r['status'] == 'ok' and r.get('stages')])]
+                  for row, r in zip(gtable, staged)]
     ttable = [[t['name'], _fmt(t['value'], '.3g'), t['status']] for t in targets]
     check = result.get('check') or {}
 

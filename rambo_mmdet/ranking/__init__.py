@@ -12,6 +12,7 @@ from .memory import ScoreMemory
 from .pointwise import pointwise_term, sigmoid_cross_entropy, sigmoid_focal_loss
 from .reference import ArgsortBlackboxRanks, argsort_ranks
 from .scratch import release_scratch
+from .sync_audit import SyncAudit
 
 __all__ = [
     'BlackboxPositiveRanks', 'GradScale', 'route_output_grad', 'RankingProblem', 'rank_problems',
@@ -19,5 +20,5 @@ __all__ = [
     'as_positive_set', 'average_precision_loss', 'check_scores',
     'detection_ap_loss', 'detection_ranking_loss', 'DetectionRankingLoss', 'mean_ap_loss',
     'recall_loss', 'ScoreMemory', 'pointwise_term', 'sigmoid_cross_entropy', 'sigmoid_focal_loss',
-    'ArgsortBlackboxRanks', 'argsort_ranks', 'release_scratch'
+    'ArgsortBlackboxRanks', 'argsort_ranks', 'release_scratch', 'SyncAudit'
 ]

@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.profiler import record_function
 
 from .counting import (CellGrid, PositiveSet, candidate_floor, cell_crossings, cells_above,
-                       cells_of, contains, negative_candidates, negatives_above, place_sparse,
+                       cells_of, histogram, negative_candidates, negatives_above, place_sparse,
                        sort_positives, sparse_bins)
 from .scratch import scratch_pool
 
@@ -57,6 +57,12 @@ SURVIVAL_SAMPLE = 1 << 16
 ENTRIES_PER_CELL = 16
 MAX_CELLS = 1 << 18
 MAX_TOTAL_CELLS = 1 << 20
+#: Whether the dense backward runs without reading anything on the host: ``None`` (default):
+#: on every device but the CPU. On a GPU a host read stalls the host until the device catches
+#: up, while an extra pass over the scores costs microseconds; on the CPU a read is free and
+#: the pass is not (the dense backward then skips it when no positive moves into a new cell).
+#: Both ways give identical results.
+SYNC_FREE: Optional[bool] = None
 
 
 class RankingProblem(NamedTuple):
@@ -159,6 +165,7 @@ class _Solver:
         self.length = self.live_rows - num_excluded + _num_rows(problem.constant)
         positives = problem.positives
         self.live_size = self.live.numel()
+        self.sync_free = live.device.type != 'cpu' if SYNC_FREE is None else SYNC_FREE
         self.pos_scores = self._gather(positives.flat_index) - margin
         self.excluded_flat = None
         if num_excluded:
@@ -173,18 +180,18 @@ class _Solver:
                                                           self.live_size, positives)])
         return index
 
-    def _surviving_fraction(self, floor: Tensor) -> float:
-        """Fraction of the entries scoring at or above their group's ``floor`` (one host sync),
+    def _surviving_fraction(self, floor: Tensor) -> Tensor:
+        """Fraction of the entries scoring at or above their group's ``floor`` (a 0-dim tensor),
         counted on every ``stride``-th row of a problem above :data:`SURVIVAL_SAMPLE` entries.
         It only chooses the strategy (both are exact), so an estimate is enough."""
         blocks = [self.live] + ([] if self.problem.constant is None else [self.problem.constant])
         total = sum(block.numel() for block in blocks)
         if total == 0:
-            return 0.0
+            return floor.new_zeros(())
         stride = max(1, total // SURVIVAL_SAMPLE)
         surviving = sum(torch.count_nonzero(block[::stride] >= floor) for block in blocks)
         sampled = sum(block[::stride].numel() for block in blocks)
-        return int(surviving) / sampled
+        return surviving.to(floor.dtype) / sampled
 
     def _gather(self, index: Tensor) -> Tensor:
         """Scores at flat indices of the problem (live entries, then constant rows)."""
@@ -199,15 +206,16 @@ class _Solver:
         return torch.where(is_live, live[index.clamp(max=self.live_size - 1)],
                            constant[(index - self.live_size).clamp(min=0)])
 
-    def select(self) -> None:
-        """Sort the positives, find each group's candidate floor, choose the strategy."""
+    def select(self) -> Tensor:
+        """Sort the positives, find each group's candidate floor; returns the surviving fraction
+        that chooses the strategy (:func:`_select_strategies` sets ``dense``)."""
         positives = self.problem.positives
         with record_function(STAGES['select']):
             self.sorted_pos = sort_positives(self.pos_scores, positives)
             self.rank_among = (1 + positives.group_end[positives.group]
                                - self.sorted_pos.at_or_below)
             self.floor = candidate_floor(positives, self.pos_scores)
-            self.dense = self._surviving_fraction(self.floor) > DENSE_FRACTION
+            return self._surviving_fraction(self.floor)
 
     def forward(self, shared: Optional['_SharedCandidates'] = None) -> Tuple[Tensor, Tensor]:
         """Ranks of the positives (after :meth:`select`); ``shared``: the live entries at or
@@ -231,19 +239,33 @@ class _Solver:
         return self.rank, self.rank_among
 
     def backward(self, grad_rank: Tensor, lambda_val: float, grad: Optional[Tensor],
-                 factor: Optional[Tensor]) -> Tensor:
+                 factor: Optional[Tensor], grad_nonnegative: bool = False) -> Tensor:
         """Add this problem's blackbox gradient, times ``factor`` (a 0-dim tensor or None), to
-        ``grad`` (flat, live entries; None: start one (dense strategy only)); returns it."""
+        ``grad`` (flat, live entries; None: start one (dense strategy only)); returns it.
+
+        ``grad_nonnegative``: the caller guarantees ``grad_rank >= 0`` (it is clamped so), so no
+        positive moves down and the sparse strategy skips its one host-synchronising check.
+        With ``sync_free`` (:data:`SYNC_FREE`), nothing else reads on the host either
+        (``sync_audit.py``)."""
         positives, groups = self.problem.positives, self.problem.num_groups
-        perturbed = self.pos_scores + lambda_val * grad_rank.to(self.pos_scores.dtype)
+        if self.live_size == 0:  # only constant rows: nothing receives a gradient
+            return grad if grad is not None else self.live.new_zeros(0)
+        grad_rank = grad_rank.to(self.pos_scores.dtype)
+        if grad_nonnegative:
+            grad_rank = grad_rank.clamp(min=0)
+        perturbed = self.pos_scores + lambda_val * grad_rank
         sorted_after = sort_positives(perturbed, positives)
         rank_after = 1 + positives.group_end[positives.group] - sorted_after.at_or_below
+        # the balanced gradient's precision / count / share, computed once per backward
+        share = None
+        if self.problem.balanced_weight is not None:
+            share = self._balanced_share(self.pos_scores.dtype)
 
         if self.dense:
             return self._dense_backward(perturbed, sorted_after, rank_after, lambda_val, grad,
-                                        factor)
+                                        factor, share)
         neg_index, neg_group, placement = self.neg_index, self.neg_group, self.placement
-        if not bool((perturbed >= self.pos_scores).all()):
+        if not grad_nonnegative and not bool((perturbed >= self.pos_scores).all()):
             # A positive moved down (an upstream gradient that rewards worse ranks):
             # negatives below the forward's floor may now be crossed; select them again.
             floor = candidate_floor(positives, torch.minimum(self.pos_scores, perturbed))
@@ -254,21 +276,24 @@ class _Solver:
         placement_after = place_sparse(sorted_after, self.neg_scores, neg_group)
         rank_after += negatives_above(sorted_after, positives, sparse_bins(
             sorted_after, positives, placement_after, neg_group))
-        live_neg = neg_index < self.live_size
-        neg_index, neg_group, neg_delta = neg_index[live_neg], neg_group[live_neg], \
-            (placement - placement_after)[live_neg]
 
-        scale = self._grad_scale(rank_after, lambda_val, grad.dtype)
+        scale = self._grad_scale(rank_after, lambda_val, grad.dtype, share)
         if factor is not None:
             scale = factor.to(grad.dtype) * scale
-        is_live = positives.flat_index < self.live_size
-        pos_scale, neg_scale = (scale, scale) if scale.dim() == 0 else \
-            (scale[positives.group[is_live]], scale[neg_group])
-        grad.index_add_(0, neg_index, neg_delta.to(grad.dtype) * neg_scale)
-        grad.index_add_(0, positives.flat_index[is_live],
-                        self._positive_values(rank_after, pos_scale, factor, grad.dtype,
-                                              is_live))
+        neg_scale = scale if scale.dim() == 0 else scale[neg_group]
+        self._add_live(grad, neg_index, (placement - placement_after).to(grad.dtype) * neg_scale)
+        self._add_live(grad, positives.flat_index,
+                       self._positive_values(rank_after, scale, factor, grad.dtype, share))
         return grad
+
+    def _add_live(self, grad: Tensor, index: Tensor, values: Tensor) -> Tensor:
+        """``grad[index] += values`` for the indices of live entries; those of constant rows
+        (``index >= live_size``) are dropped without selecting them (no output-size sync)."""
+        if self.problem.constant is None:
+            return grad.index_add_(0, index, values)
+        live = index < self.live_size
+        return grad.index_add_(0, index.clamp(max=self.live_size - 1),
+                               torch.where(live, values, torch.zeros_like(values)))
 
     # ------------------------------------------------------------------ dense strategy
     def _entries(self) -> Tensor:
@@ -297,13 +322,24 @@ class _Solver:
             index = torch.cat([index, self.excluded_flat]).sort().values
         return index
 
-    def _shared_cell_entries(self, flags: Tensor) -> Tensor:
-        """Ascending flat indices of the negatives whose cell is flagged."""
+    def _cell_negatives(self, flags: Tensor,
+                        size: Optional[int] = None) -> Tuple[Tensor, Optional[Tensor]]:
+        """Ascending flat indices of the negatives whose cell is flagged (``found``: None). With
+        ``size`` (at least their number): exactly ``size`` indices, those negatives first, then
+        index 0, and ``found`` (``[size]`` bool) marks the real ones; computed without reading
+        their number on the host."""
         owner: List[Tensor] = []
         hit = scratch_pool.take(self.cell.numel(), torch.bool, self.cell.device, owner)
-        index = torch.index_select(flags, 0, self.cell, out=hit).nonzero().squeeze(1)
+        torch.index_select(flags, 0, self.cell, out=hit)
+        hit.index_fill_(0, self.not_negative, False)
+        if size is None:
+            index, found = hit.nonzero().view(-1), None
+        else:
+            index = _nonzero_padded(hit, size)
+            found = index >= 0
+            index = index.clamp(min=0)
         scratch_pool.give(owner)
-        return index[~contains(self.not_negative, index)]
+        return index, found
 
     def _dense_forward(self, sorted_pos) -> Tensor:
         """Histogram the cells of every entry; place exactly only the negatives that share a
@@ -319,94 +355,107 @@ class _Solver:
                 entries.numel(), torch.float32, entries.device, self.scratch))
             self.not_negative = self._not_negative()
             num_cells = groups * grid.cells
-            counts = torch.bincount(self.cell, minlength=num_cells)
-            counts.index_add_(0, self.cell[self.not_negative].long(),
-                              torch.full_like(counts[:1], -1).expand(self.not_negative.numel()))
+            counts = histogram(self.cell, num_cells)
+            if self.sync_free:
+                # the backward places the entries of the cells its positives move into without
+                # reading their number: at most one new cell per positive, each holding at
+                # most the fullest cell's entries (one host sync, here)
+                self.new_entries_bound = min(positives.flat_index.numel() * int(counts.max()),
+                                             entries.numel())
+            counts.index_add_(0, self.cell[self.not_negative],
+                              counts.new_full((), -1).expand(self.not_negative.shape))
             self.pos_cell = cells_of(grid, self.pos_scores, positives.group)
             self.flags = torch.zeros(num_cells, dtype=torch.bool, device=counts.device)
-            self.flags[self.pos_cell.long()] = True
-            self.shared = self._shared_cell_entries(self.flags)
+            self.flags.index_fill_(0, self.pos_cell.long(), True)
+            self.shared = self._cell_negatives(self.flags)[0]
         with record_function(STAGES['place']):
             self.shared_group = self.shared % groups
             self.shared_scores = entries[self.shared]
             self.shared_placement = place_sparse(sorted_pos, self.shared_scores,
                                                  self.shared_group)
             # negatives in no positive's cell, counted per cell
-            self.counts = counts - torch.bincount(self.cell[self.shared], minlength=num_cells)
+            self.counts = counts.index_add_(0, self.cell[self.shared],
+                                            counts.new_full((), -1).expand(self.shared.shape))
             self.above_cells = cells_above(self.counts, grid)[self.pos_cell.long()]
+            # the live entries that are no negatives (their gradient is the positives' own)
+            self.not_negative_live = self.not_negative if self.problem.constant is None \
+                else self.not_negative[self.not_negative < self.live_size]
             return sparse_bins(sorted_pos, positives, self.shared_placement, self.shared_group)
 
     def _dense_backward(self, perturbed: Tensor, sorted_after, rank_after: Tensor,
-                        lambda_val: float, grad: Optional[Tensor],
-                        factor: Optional[Tensor]) -> Tensor:
+                        lambda_val: float, grad: Optional[Tensor], factor: Optional[Tensor],
+                        share: Optional[Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
         """Every negative in a cell that holds no positive before or after the perturbation
         moves by the net number of positives whose cells passed it (:func:`cell_crossings`,
         one table gather per entry); the negatives that share a cell with a positive, before
-        or after, are placed exactly."""
+        or after, are placed exactly. With ``sync_free``, the entries of the cells the
+        positives move into are found and placed at a size fixed in the forward (no host
+        sync)."""
         positives, groups, grid = self.problem.positives, self.problem.num_groups, self.grid
-        cell_after = cells_of(grid, perturbed, positives.group)
-        new = ~self.flags[cell_after.long()]
-        flags = self.flags
-        shared, shared_group = self.shared, self.shared_group
-        shared_scores, placement = self.shared_scores, self.shared_placement
-        counts = self.counts
-        if bool(new.any()):
-            added = torch.zeros_like(self.flags)
-            added[cell_after[new].long()] = True
-            flags = self.flags | added
-            extra = self._shared_cell_entries(added)
-            extra_group = extra % groups
-            extra_scores = self._gather(extra)
-            shared = torch.cat([shared, extra])
-            shared_group = torch.cat([shared_group, extra_group])
-            shared_scores = torch.cat([shared_scores, extra_scores])
-            placement = torch.cat([placement,
-                                   place_sparse(self.sorted_pos, extra_scores, extra_group)])
-            counts = counts - torch.bincount(self.cell[extra], minlength=counts.numel())
+        cell_after = cells_of(grid, perturbed, positives.group).long()
+        added = torch.zeros_like(self.flags)
+        added.index_put_((cell_after, ), ~self.flags[cell_after])
+        flags = self.flags | added
+        if self.sync_free:
+            extra, extra_negative = self._cell_negatives(added, self.new_entries_bound)
+        else:
+            # no positive moved into a new cell: the usual case at initialisation
+            extra = self._cell_negatives(added)[0] if bool(added.any()) \
+                else self.shared.new_zeros(0)
+            extra_negative = torch.ones_like(extra, dtype=torch.bool)
+        extra_group = extra % groups
+        extra_scores = self._gather(extra)
+        shared = torch.cat([self.shared, extra])
+        shared_group = torch.cat([self.shared_group, extra_group])
+        shared_scores = torch.cat([self.shared_scores, extra_scores])
+        counted = torch.cat([torch.ones_like(self.shared, dtype=torch.bool), extra_negative])
+        placement = torch.cat([self.shared_placement,
+                               place_sparse(self.sorted_pos, extra_scores, extra_group)])
+        counts = self.counts.index_add(0, self.cell[extra], -extra_negative.to(self.counts.dtype))
         placement_after = place_sparse(sorted_after, shared_scores, shared_group)
-        rank_after += cells_above(counts, grid)[cell_after.long()] + negatives_above(
+        rank_after += cells_above(counts, grid)[cell_after] + negatives_above(
             sorted_after, positives,
-            sparse_bins(sorted_after, positives, placement_after, shared_group))
+            sparse_bins(sorted_after, positives, placement_after, shared_group, counted))
 
         dtype = self.pos_scores.dtype
-        scale = self._grad_scale(rank_after, lambda_val, dtype)
+        scale = self._grad_scale(rank_after, lambda_val, dtype, share)
         if factor is not None:
             scale = factor.to(dtype) * scale
         per_cell = cell_crossings(grid, self.pos_cell, cell_after).to(dtype)
         per_cell = (per_cell.view(groups, grid.cells) * (scale.view(-1, 1) if scale.dim()
                                                          else scale)).view(-1)
-        per_cell[flags] = 0
+        per_cell.masked_fill_(flags, 0)
         live_cell = self.cell[:self.live_size]
         # the first dense problem's values are the returned gradient (a fresh tensor); a later
         # one's are added to it and die here (a pooled block)
         values = per_cell.index_select(0, live_cell) if grad is None else torch.index_select(
             per_cell, 0, live_cell, out=scratch_pool.take(live_cell.numel(), dtype,
                                                           live_cell.device, self.scratch))
-        not_negative = self.not_negative[self.not_negative < self.live_size]
-        values[not_negative] = 0
-        live = shared < self.live_size
-        shared_scale = scale if scale.dim() == 0 else scale[shared_group[live]]
-        values.index_add_(0, shared[live],
-                          (placement - placement_after)[live].to(dtype) * shared_scale)
-        is_live = positives.flat_index < self.live_size
-        pos_scale = scale if scale.dim() == 0 else scale[positives.group[is_live]]
-        values.index_add_(0, positives.flat_index[is_live],
-                          self._positive_values(rank_after, pos_scale, factor, dtype, is_live))
+        values.index_fill_(0, self.not_negative_live, 0)
+        shared_scale = scale if scale.dim() == 0 else scale[shared_group]
+        moved = (placement - placement_after).to(dtype) * shared_scale
+        self._add_live(values, shared, torch.where(counted, moved, torch.zeros_like(moved)))
+        self._add_live(values, positives.flat_index,
+                       self._positive_values(rank_after, scale, factor, dtype, share))
         grad = values if grad is None else grad.add_(values)
         scratch_pool.give(self.scratch)  # the cells and the added values are dead now
         return grad
 
-    def _positive_values(self, rank_after: Tensor, pos_scale: Tensor, factor: Optional[Tensor],
-                         dtype: torch.dtype, is_live: Tensor) -> Tensor:
-        """The live positives' gradient: rank change times the group's scale, or, with
-        ``error_driven``, ``-w (1 - precision_i) / (K P_g)`` (times ``factor``)."""
-        if not (self.problem.error_driven and self.problem.balanced_weight is not None):
-            return (rank_after - self.rank)[is_live].to(dtype) * pos_scale
-        precision, count, share = self._balanced_share(dtype)
-        values = -share * (1.0 - precision) / count[self.problem.positives.group].clamp(min=1)
+    def _positive_values(self, rank_after: Tensor, scale: Tensor, factor: Optional[Tensor],
+                         dtype: torch.dtype,
+                         share: Optional[Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+        """The positives' gradient ``[P]``: rank change times their group's ``scale`` (0-dim or
+        ``[G]``, ``factor`` included), or, with ``error_driven``, ``-w (1 - precision_i) /
+        (K P_g)`` (times ``factor``)."""
+        if not (self.problem.error_driven and share is not None):
+            pos_scale = scale if scale.dim() == 0 else scale[self.problem.positives.group]
+            return (rank_after - self.rank).to(dtype) * pos_scale
+        precision, count, weight_per_group = share
+        values = -weight_per_group * (1.0 - precision) \
+            / count[self.problem.positives.group].clamp(min=1)
         if factor is not None:
             values = factor.to(dtype) * values
-        return values[is_live]
+        return values
 
     def _balanced_share(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
         """What the balanced gradient divides: each positive's precision ``rk+ / rk`` ``[P]``,
@@ -418,18 +467,19 @@ class _Solver:
         return precision, count, \
             self.problem.balanced_weight / (count > 0).sum().clamp(min=1).to(dtype)
 
-    def _grad_scale(self, rank_after: Tensor, lambda_val: float, dtype: torch.dtype) -> Tensor:
+    def _grad_scale(self, rank_after: Tensor, lambda_val: float, dtype: torch.dtype,
+                    share: Optional[Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
         """Gradient per unit of rank change: the paper's ``1 / (λ n)`` (``-(rk(y) - rk(y')) /
-        λ`` on the scale ``rk / n``), or ``[G]`` balanced factors (see :class:`RankingProblem`)."""
-        weight = self.problem.balanced_weight
-        if weight is None:
-            return torch.tensor(1.0 / (lambda_val * self.length), dtype=dtype,
-                                device=rank_after.device)
+        λ`` on the scale ``rk / n``), or ``[G]`` balanced factors (see :class:`RankingProblem`;
+        ``share``: :meth:`_balanced_share`)."""
+        if share is None:
+            return torch.full((), 1.0 / (lambda_val * self.length), dtype=dtype,
+                              device=rank_after.device)
         positives, groups = self.problem.positives, self.problem.num_groups
-        precision, count, share = self._balanced_share(dtype)
+        precision, count, weight_per_group = share
         loss = 1.0 - torch.zeros(groups, dtype=dtype, device=rank_after.device).index_add_(
             0, positives.group, precision) / count.clamp(min=1)
-        target = share * loss
+        target = weight_per_group * loss
         # rank gained by the group's positives = positive-negative crossings (positive-positive
         # swaps cancel in the sum)
         gained = torch.zeros(groups, dtype=dtype, device=rank_after.device).index_add_(
@@ -439,6 +489,28 @@ class _Solver:
         # concentrated on those few scores
         return torch.where(gained > 0, target / torch.maximum(gained, count).clamp(min=1),
                            torch.zeros_like(gained))
+
+
+def _select_strategies(solvers: Sequence[_Solver]) -> None:
+    """:meth:`_Solver.select` every problem and choose each one's strategy (``dense``), with
+    one host read for all of them."""
+    if not solvers:
+        return
+    fractions = torch.stack([solver.select() for solver in solvers]).tolist()
+    with record_function(STAGES['select']):
+        for solver, fraction in zip(solvers, fractions):
+            solver.dense = fraction > DENSE_FRACTION
+
+
+def _nonzero_padded(mask: Tensor, size: int) -> Tensor:
+    """Ascending indices of the true entries of the flat ``mask``, then ``-1`` up to ``size``
+    entries (``size`` must be at least their number): ``torch.nonzero_static``, which does not
+    read the number of true entries on the host."""
+    try:
+        return torch.nonzero_static(mask, size=size, fill_value=-1).view(-1)
+    except (AttributeError, NotImplementedError):  # older torch, or no kernel for the device
+        index = mask.nonzero().view(-1)  # one host sync
+        return torch.cat([index, index.new_full((size - index.numel(), ), -1)])
 
 
 class _SharedCandidates:
@@ -464,7 +536,8 @@ class BlackboxPositiveRanks(torch.autograd.Function):
     with the blackbox backward (one gradient buffer for all problems).
 
     Forward inputs: ``live`` (float32 tensor, any shape), ``problems`` (sequence of
-    :class:`RankingProblem`), ``lambda_val`` (float > 0), ``margin`` (float >= 0).
+    :class:`RankingProblem`), ``lambda_val`` (float > 0), ``margin`` (float >= 0),
+    ``grad_scale`` and ``grad_nonnegative`` (see :func:`rank_problems`).
 
     Forward outputs, per problem: ``rank`` ``[P]`` (``rk / length``, differentiable) and
     ``rank_among_positives`` ``[P]`` (``rk+ / length``, a constant), in the order of the
@@ -476,7 +549,8 @@ class BlackboxPositiveRanks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, live: Tensor, problems: Sequence[RankingProblem], lambda_val: float,
-                margin: float, grad_scale: Optional[GradScale] = None) -> Tuple[Tensor, ...]:
+                margin: float, grad_scale: Optional[GradScale] = None,
+                grad_nonnegative: bool = False) -> Tuple[Tensor, ...]:
         # The problems address entries by row-major flat index and the solvers view and filter
         # the scores flat: any other layout (transposed, sliced, expanded) is ranked as a
         # contiguous copy, bit-identically; contiguous scores (the usual case) are not copied.
@@ -486,8 +560,8 @@ class BlackboxPositiveRanks(torch.autograd.Function):
                     for p in problems]
         ctx.solvers = [_Solver(problem, live, margin) for problem in problems]
         ctx.lambda_val, ctx.shape, ctx.grad_scale = lambda_val, live.shape, grad_scale
-        for solver in ctx.solvers:
-            solver.select()
+        ctx.grad_nonnegative = grad_nonnegative
+        _select_strategies(ctx.solvers)
         sparse = [solver for solver in ctx.solvers if not solver.dense]
         # sparse problems over the same live scores filter them once, at the lowest floor
         shared = _SharedCandidates(live, [s.floor for s in sparse]) if len(sparse) > 1 else None
@@ -510,14 +584,15 @@ class BlackboxPositiveRanks(torch.autograd.Function):
                 if grad is None and not solver.dense:
                     grad = torch.zeros(ctx.shape.numel(), dtype=grads[0].dtype,
                                        device=grads[0].device)
-                grad = solver.backward(grad_rank, ctx.lambda_val, grad, factor)
+                grad = solver.backward(grad_rank, ctx.lambda_val, grad, factor,
+                                       ctx.grad_nonnegative)
         ctx.solvers = None
-        return grad.view(ctx.shape), None, None, None, None
+        return grad.view(ctx.shape), None, None, None, None, None
 
 
 def rank_problems(live: Tensor, problems: Sequence[RankingProblem], lambda_val: float,
-                  margin: float = 0.0,
-                  grad_scale: Optional[GradScale] = None) -> List[Tuple[Tensor, Tensor]]:
+                  margin: float = 0.0, grad_scale: Optional[GradScale] = None,
+                  grad_nonnegative: bool = False) -> List[Tuple[Tensor, Tensor]]:
     """Blackbox-differentiable normalised ranks of the positives of each problem.
 
     Args:
@@ -527,6 +602,11 @@ def rank_problems(live: Tensor, problems: Sequence[RankingProblem], lambda_val: 
         lambda_val (float): blackbox interpolation strength λ > 0.
         margin (float): margin α >= 0 (positives ranked as if ``α`` lower than they score).
         grad_scale (GradScale, optional): a factor for the returned gradient, read at backward.
+        grad_nonnegative (bool): the gradient reaching the ranks is never negative (a loss that
+            never improves when a positive's rank worsens, e.g. the AP and recall losses, whose
+            outside scaling goes through ``grad_scale``). The backward then runs without any
+            host synchronisation on CUDA (it skips a check of the perturbation's direction);
+            a negative entry is treated as 0.
 
     Returns:
         list of ``(rank, rank_among_positives)``, one pair per problem, each ``[P]``:
@@ -538,8 +618,8 @@ def rank_problems(live: Tensor, problems: Sequence[RankingProblem], lambda_val: 
     if margin < 0:
         raise ValueError(f'margin must be >= 0, got {margin}')
     active = [p for p in problems if p.positives.flat_index.numel()]
-    outputs = iter(BlackboxPositiveRanks.apply(live, active, lambda_val, margin, grad_scale)
-                   if active else ())
+    outputs = iter(BlackboxPositiveRanks.apply(live, active, lambda_val, margin, grad_scale,
+                                               grad_nonnegative) if active else ())
     empty = live.new_zeros(0)
     return [(next(outputs), next(outputs)) if p.positives.flat_index.numel() else (empty, empty)
             for p in problems]

@@ -33,9 +33,10 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ['float_order_keys', 'group_keys', 'PositiveSet', 'SortedPositives', 'sort_positives',
-           'candidate_floor', 'negative_candidates', 'contains', 'place_sparse', 'sparse_bins',
-           'negatives_above', 'CellGrid', 'cells_of', 'cells_above', 'cell_crossings']
+__all__ = ['float_order_keys', 'group_keys', 'histogram', 'PositiveSet', 'SortedPositives',
+           'sort_positives', 'candidate_floor', 'negative_candidates', 'contains', 'place_sparse',
+           'sparse_bins', 'negatives_above', 'CellGrid', 'cells_of', 'cells_above',
+           'cell_crossings']
 
 _SIGN_FLIP = 0x7FFFFFFF
 _KEY_OFFSET = 1 << 31
@@ -64,6 +65,17 @@ def group_keys(scores: Tensor, groups: Tensor) -> Tensor:
     return (groups.to(torch.int64) << _GROUP_SHIFT) | float_order_keys(scores)
 
 
+def histogram(index: Tensor, size: int, dtype: torch.dtype = torch.int32,
+              step: int = 1) -> Tensor:
+    """``[size]`` counts of each value of ``index`` (``0 <= index < size``), times ``step``.
+
+    A scatter-add of a broadcast constant, not ``bincount``, which reads its input's range on
+    the host on CUDA; int32 counts (the default) take the fast path of ``index_add_`` on CPU.
+    """
+    source = torch.full((), step, dtype=dtype, device=index.device).expand(index.shape)
+    return torch.zeros(size, dtype=dtype, device=index.device).index_add_(0, index, source)
+
+
 class PositiveSet(NamedTuple):
     """The positives of a ``[n, G]`` ranking problem, in row-major (``nonzero``) order.
 
@@ -72,27 +84,29 @@ class PositiveSet(NamedTuple):
         group (Tensor): ``[P]`` int64, the column (ranking) of each positive.
         group_start (Tensor): ``[G]`` int64; with ``group_end`` (``[G]``): the positives of group
             ``g`` occupy positions ``[group_start[g], group_end[g])`` of a group-major sorted order.
-        max_count (int): the largest number of positives in one group.
     """
     flat_index: Tensor
     group: Tensor
     group_start: Tensor
     group_end: Tensor
-    max_count: int
+
+    @property
+    def max_count(self) -> int:
+        """The largest number of positives in one group (a host read)."""
+        count = self.group_end - self.group_start
+        return int(count.max()) if count.numel() else 0
 
     @classmethod
     def from_flat_index(cls, flat_index: Tensor, num_groups: int) -> 'PositiveSet':
-        """Build from sorted flat indices into a ``[n, num_groups]`` matrix (one host sync: the
-        max count)."""
+        """Build from sorted flat indices into a ``[n, num_groups]`` matrix (no host read)."""
         group = flat_index % num_groups
-        count = torch.bincount(group, minlength=num_groups)
+        count = histogram(group, num_groups, torch.int64)
         group_end = count.cumsum(0)
-        max_count = int(count.max()) if flat_index.numel() else 0
-        return cls(flat_index, group, group_end - count, group_end, max_count)
+        return cls(flat_index, group, group_end - count, group_end)
 
     @classmethod
     def from_mask(cls, positive: Tensor) -> 'PositiveSet':
-        """Build from a ``[n, G]`` boolean mask (host syncs: ``nonzero`` and the max count)."""
+        """Build from a ``[n, G]`` boolean mask (one host read: ``nonzero``)."""
         return cls.from_flat_index(positive.reshape(-1).nonzero().squeeze(1), positive.shape[1])
 
     @classmethod
@@ -199,11 +213,17 @@ def negatives_above(sorted_pos: SortedPositives, positives: PositiveSet, bins: T
 
 
 def sparse_bins(sorted_pos: SortedPositives, positives: PositiveSet, placement: Tensor,
-                neg_group: Tensor) -> Tensor:
-    """Histogram bins (see :func:`negatives_above`) of sparse placements."""
+                neg_group: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+    """Histogram bins (see :func:`negatives_above`) of sparse placements; ``valid`` (``[k]``
+    bool, optional): only these negatives count (the others go to the spare bin).
+
+    A scatter-add rather than ``bincount``, which reads its input's range on the host on CUDA.
+    """
     num_pos = sorted_pos.keys.numel()
-    above_any = placement > positives.group_start[neg_group]
-    return torch.bincount(torch.where(above_any, placement - 1, num_pos), minlength=num_pos + 1)
+    counted = placement > positives.group_start[neg_group]
+    if valid is not None:
+        counted &= valid
+    return histogram(torch.where(counted, placement - 1, num_pos), num_pos + 1, torch.int64)
 
 
 class CellGrid(NamedTuple):
@@ -284,10 +304,10 @@ def cell_crossings(grid: CellGrid, before: Tensor, after: Tensor) -> Tensor:
     """
     size = grid.num_groups * grid.cells
     diff = torch.zeros(size + 1, dtype=torch.int64, device=before.device)
-    up, down = before < after, before > after
-    ones = torch.ones_like(before, dtype=torch.int64)
-    diff.index_add_(0, (before + 1)[up].long(), ones[up])
-    diff.index_add_(0, after[up].long(), -ones[up])
-    diff.index_add_(0, (after + 1)[down].long(), -ones[down])
-    diff.index_add_(0, before[down].long(), ones[down])
+    # each positive adds its sign (+1 up, -1 down, 0 staying) to the cells strictly between
+    # its two cells; computed for all of them, without selecting (no output-size sync on CUDA)
+    low, high = torch.minimum(before, after).long(), torch.maximum(before, after).long()
+    sign = (before < after).long() - (before > after).long()
+    diff.index_add_(0, low + 1, sign)
+    diff.index_add_(0, high, -sign)
     return diff.cumsum(0)[:size]

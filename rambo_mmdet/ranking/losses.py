@@ -129,7 +129,7 @@ def recall_loss(scores: Tensor, positive: Union[Tensor, PositiveSet], lambda_val
     positives = as_positive_set(scores, positive)
     problem = RankingProblem(scores.shape[1], positives)
     rank, rank_among_positives = rank_problems(scores.float(), [problem], lambda_val, margin,
-                                               grad_scale)[0]
+                                               grad_scale, grad_scale is not None)[0]
     if rank.numel() == 0:
         return _zero_loss(scores)
     negatives_above = (rank - rank_among_positives) * scores.shape[0]
@@ -221,7 +221,7 @@ def detection_ranking_loss(scores: Tensor,
     live = scores.float()
     foreground = labels < num_classes
     if excluded_rows is not None and excluded_rows.numel():
-        foreground[excluded_rows] = False
+        foreground.index_fill_(0, excluded_rows.long(), False)
     else:
         excluded_rows = None
     rows = foreground.nonzero().squeeze(1)
@@ -266,7 +266,9 @@ def detection_ranking_loss(scores: Tensor,
 
     terms = []
     for problem, weight, (rank, rank_among) in zip(
-            problems, weights, rank_problems(live, problems, lambda_val, margin, grad_scale)):
+            problems, weights,
+            # with grad_scale the ranks receive this loss's own gradient: never negative
+            rank_problems(live, problems, lambda_val, margin, grad_scale, grad_scale is not None)):
         if rank.numel():
             per_group, has_positive = _ap_loss_per_group(scores, rank, rank_among,
                                                           problem.positives)

@@ -18,12 +18,19 @@ def sigmoid_cross_entropy(logits: Tensor, labels: Tensor,
     classes and averaged over the rows of ``valid`` (``[N]`` bool; all rows when ``None``);
     float32.
     """
-    logits = logits.float()
+    logits = logits.float().contiguous()  # every layout computed alike, bit for bit
     targets = labels[:, None] == torch.arange(logits.shape[1], device=labels.device)
-    if valid is not None:
-        logits, targets = logits[valid], targets[valid]
-    return F.binary_cross_entropy_with_logits(logits, targets.float(), reduction='sum') \
-        / max(logits.shape[0], 1)
+    if valid is None:
+        return F.binary_cross_entropy_with_logits(logits, targets.float(), reduction='sum') \
+            / max(logits.shape[0], 1)
+    loss = F.binary_cross_entropy_with_logits(logits, targets.float(), reduction='none')
+    return _masked_sum(loss, valid) / valid.sum().clamp(min=1)
+
+
+def _masked_sum(loss: Tensor, valid: Tensor) -> Tensor:
+    """Sum of the rows ``valid`` of ``loss [N, C]``, without selecting them (selecting reads
+    their number on the host on CUDA, forward and backward)."""
+    return torch.where(valid[:, None], loss, torch.zeros_like(loss)).sum()
 
 
 def sigmoid_focal_loss(logits: Tensor, labels: Tensor, valid: Optional[Tensor] = None,
@@ -35,16 +42,16 @@ def sigmoid_focal_loss(logits: Tensor, labels: Tensor, valid: Optional[Tensor] =
     divided by the number of positive rows among them (mmdet's ``avg_factor``; at least 1);
     float32.
     """
-    logits = logits.float()
-    targets = labels[:, None] == torch.arange(logits.shape[1], device=labels.device)
-    if valid is not None:
-        logits, targets = logits[valid], targets[valid]
-    targets = targets.float()
+    logits = logits.float().contiguous()  # every layout computed alike, bit for bit
+    positive = labels[:, None] == torch.arange(logits.shape[1], device=labels.device)
+    targets = positive.float()
     prob = logits.sigmoid()
     miss = (1 - prob) * targets + prob * (1 - targets)
     weight = (alpha * targets + (1 - alpha) * (1 - targets)) * miss.pow(gamma)
     loss = F.binary_cross_entropy_with_logits(logits, targets, reduction='none') * weight
-    return loss.sum() / targets.sum().clamp(min=1)
+    if valid is None:
+        return loss.sum() / targets.sum().clamp(min=1)
+    return _masked_sum(loss, valid) / (positive & valid[:, None]).sum().clamp(min=1)
 
 
 def pointwise_term(logits: Tensor, labels: Tensor, valid: Optional[Tensor], balanced: bool,
