@@ -396,22 +396,27 @@ class _Solver:
         added = torch.zeros_like(self.flags)
         added.index_put_((cell_after, ), ~self.flags[cell_after])
         flags = self.flags | added
-        if self.sync_free:
-            extra, extra_negative = self._cell_negatives(added, self.new_entries_bound)
-        else:
-            # no positive moved into a new cell: the usual case at initialisation
-            extra = self._cell_negatives(added)[0] if bool(added.any()) \
-                else self.shared.new_zeros(0)
-            extra_negative = torch.ones_like(extra, dtype=torch.bool)
-        extra_group = extra % groups
-        extra_scores = self._gather(extra)
-        shared = torch.cat([self.shared, extra])
-        shared_group = torch.cat([self.shared_group, extra_group])
-        shared_scores = torch.cat([self.shared_scores, extra_scores])
-        counted = torch.cat([torch.ones_like(self.shared, dtype=torch.bool), extra_negative])
-        placement = torch.cat([self.shared_placement,
-                               place_sparse(self.sorted_pos, extra_scores, extra_group)])
-        counts = self.counts.index_add(0, self.cell[extra], -extra_negative.to(self.counts.dtype))
+        # the negatives in the cells the positives moved into: a fixed-size padded list
+        # (``found`` marks its real entries) without host reads, else (CPU) the exact list, or
+        # none when no positive entered a new cell (the usual case at initialisation)
+        extra, found = (self._cell_negatives(added, self.new_entries_bound) if self.sync_free
+                        else (self._cell_negatives(added) if bool(added.any()) else (None, None)))
+        shared, shared_group, shared_scores = self.shared, self.shared_group, self.shared_scores
+        placement, counts, counted = self.shared_placement, self.counts, None
+        if extra is not None:
+            extra_group = extra % groups
+            extra_scores = self._gather(extra)
+            shared = torch.cat([shared, extra])
+            shared_group = torch.cat([shared_group, extra_group])
+            shared_scores = torch.cat([shared_scores, extra_scores])
+            placement = torch.cat([placement,
+                                   place_sparse(self.sorted_pos, extra_scores, extra_group)])
+            if found is None:
+                counts = counts.index_add(0, self.cell[extra],
+                                          counts.new_full((), -1).expand(extra.shape))
+            else:
+                counts = counts.index_add(0, self.cell[extra], -found.to(counts.dtype))
+                counted = torch.cat([torch.ones_like(self.shared, dtype=torch.bool), found])
         placement_after = place_sparse(sorted_after, shared_scores, shared_group)
         rank_after += cells_above(counts, grid)[cell_after] + negatives_above(
             sorted_after, positives,
@@ -434,7 +439,9 @@ class _Solver:
         values.index_fill_(0, self.not_negative_live, 0)
         shared_scale = scale if scale.dim() == 0 else scale[shared_group]
         moved = (placement - placement_after).to(dtype) * shared_scale
-        self._add_live(values, shared, torch.where(counted, moved, torch.zeros_like(moved)))
+        if counted is not None:  # the padding of a fixed-size list moves nothing
+            moved = torch.where(counted, moved, torch.zeros_like(moved))
+        self._add_live(values, shared, moved)
         self._add_live(values, positives.flat_index,
                        self._positive_values(rank_after, scale, factor, dtype, share))
         grad = values if grad is None else grad.add_(values)
