@@ -229,9 +229,12 @@ def test_grad_nonnegative_changes_nothing_for_nonnegative_gradients(strategy, se
 
 @pytest.mark.parametrize('dtype', [torch.int32, torch.int64])
 def test_histogram_counts_like_bincount(dtype):
-    from rambo_mmdet.ranking.counting import histogram
+    from rambo_mmdet.ranking.counting import add_counts, histogram
     index = torch.randint(0, 37, (5000, ), generator=torch.Generator().manual_seed(0))
     expected = torch.bincount(index, minlength=40)
     assert torch.equal(histogram(index, 40, dtype).long(), expected)
-    assert torch.equal(histogram(index.int(), 40, dtype, step=-2).long(), -2 * expected)
+    counts = torch.zeros(40, dtype=dtype)
+    assert add_counts(counts, index.int(), -2) is counts  # in place
+    assert torch.equal(counts.long(), -2 * expected)
+    assert torch.equal(add_counts(counts, index, 2).long(), torch.zeros(40, dtype=torch.long))
     assert histogram(index[:0], 3, dtype).tolist() == [0, 0, 0]

@@ -32,9 +32,9 @@ import torch
 from torch import Tensor
 from torch.profiler import record_function
 
-from .counting import (CellGrid, PositiveSet, candidate_floor, cell_crossings, cells_above,
-                       cells_of, histogram, negative_candidates, negatives_above, place_sparse,
-                       sort_positives, sparse_bins)
+from .counting import (CellGrid, PositiveSet, add_counts, candidate_floor, cell_crossings,
+                       cells_above, cells_of, histogram, negative_candidates, negatives_above,
+                       place_sparse, sort_positives, sparse_bins)
 from .scratch import scratch_pool
 
 __all__ = ['RankingProblem', 'GradScale', 'route_output_grad', 'BlackboxPositiveRanks',
@@ -362,8 +362,7 @@ class _Solver:
                 # most the fullest cell's entries (one host sync, here)
                 self.new_entries_bound = min(positives.flat_index.numel() * int(counts.max()),
                                              entries.numel())
-            counts.index_add_(0, self.cell[self.not_negative],
-                              counts.new_full((), -1).expand(self.not_negative.shape))
+            add_counts(counts, self.cell[self.not_negative], -1)
             self.pos_cell = cells_of(grid, self.pos_scores, positives.group)
             self.flags = torch.zeros(num_cells, dtype=torch.bool, device=counts.device)
             self.flags.index_fill_(0, self.pos_cell.long(), True)
@@ -374,8 +373,7 @@ class _Solver:
             self.shared_placement = place_sparse(sorted_pos, self.shared_scores,
                                                  self.shared_group)
             # negatives in no positive's cell, counted per cell
-            self.counts = counts.index_add_(0, self.cell[self.shared],
-                                            counts.new_full((), -1).expand(self.shared.shape))
+            self.counts = add_counts(counts, self.cell[self.shared], -1)
             self.above_cells = cells_above(self.counts, grid)[self.pos_cell.long()]
             # the live entries that are no negatives (their gradient is the positives' own)
             self.not_negative_live = self.not_negative if self.problem.constant is None \
@@ -412,8 +410,7 @@ class _Solver:
             placement = torch.cat([placement,
                                    place_sparse(self.sorted_pos, extra_scores, extra_group)])
             if found is None:
-                counts = counts.index_add(0, self.cell[extra],
-                                          counts.new_full((), -1).expand(extra.shape))
+                counts = add_counts(counts.clone(), self.cell[extra], -1)
             else:
                 counts = counts.index_add(0, self.cell[extra], -found.to(counts.dtype))
                 counted = torch.cat([torch.ones_like(self.shared, dtype=torch.bool), found])
@@ -504,9 +501,8 @@ def _select_strategies(solvers: Sequence[_Solver]) -> None:
     if not solvers:
         return
     fractions = torch.stack([solver.select() for solver in solvers]).tolist()
-    with record_function(STAGES['select']):
-        for solver, fraction in zip(solvers, fractions):
-            solver.dense = fraction > DENSE_FRACTION
+    for solver, fraction in zip(solvers, fractions):
+        solver.dense = fraction > DENSE_FRACTION
 
 
 def _nonzero_padded(mask: Tensor, size: int) -> Tensor:

@@ -33,10 +33,10 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ['float_order_keys', 'group_keys', 'histogram', 'PositiveSet', 'SortedPositives',
-           'sort_positives', 'candidate_floor', 'negative_candidates', 'contains', 'place_sparse',
-           'sparse_bins', 'negatives_above', 'CellGrid', 'cells_of', 'cells_above',
-           'cell_crossings']
+__all__ = ['float_order_keys', 'group_keys', 'add_counts', 'histogram', 'PositiveSet',
+           'SortedPositives', 'sort_positives', 'candidate_floor', 'negative_candidates',
+           'contains', 'place_sparse', 'sparse_bins', 'negatives_above', 'CellGrid', 'cells_of',
+           'cells_above', 'cell_crossings']
 
 _SIGN_FLIP = 0x7FFFFFFF
 _KEY_OFFSET = 1 << 31
@@ -65,15 +65,21 @@ def group_keys(scores: Tensor, groups: Tensor) -> Tensor:
     return (groups.to(torch.int64) << _GROUP_SHIFT) | float_order_keys(scores)
 
 
-def histogram(index: Tensor, size: int, dtype: torch.dtype = torch.int32,
-              step: int = 1) -> Tensor:
-    """``[size]`` counts of each value of ``index`` (``0 <= index < size``), times ``step``.
+def add_counts(counts: Tensor, index: Tensor, step: int = 1) -> Tensor:
+    """``counts[v] += step`` for every value ``v`` of ``index`` (repeats add up), in place;
+    returns ``counts``.
 
     A scatter-add of a broadcast constant, not ``bincount``, which reads its input's range on
-    the host on CUDA; int32 counts (the default) take the fast path of ``index_add_`` on CPU.
+    the host on CUDA; int32 counts take the fast path of ``index_add_`` on CPU.
     """
-    source = torch.full((), step, dtype=dtype, device=index.device).expand(index.shape)
-    return torch.zeros(size, dtype=dtype, device=index.device).index_add_(0, index, source)
+    source = torch.full((), step, dtype=counts.dtype, device=counts.device).expand(index.shape)
+    return counts.index_add_(0, index, source)
+
+
+def histogram(index: Tensor, size: int, dtype: torch.dtype = torch.int32) -> Tensor:
+    """``[size]`` counts of each value of ``index`` (``0 <= index < size``): :func:`add_counts`
+    into zeros."""
+    return add_counts(torch.zeros(size, dtype=dtype, device=index.device), index)
 
 
 class PositiveSet(NamedTuple):
