@@ -13,6 +13,9 @@
 #                           1500 iterations (-> results/quality/) and the RetinaNet twins at 4500
 #                           (-> results/quality_long/; at 1500 focal stays below AP50 40), 3 seeds
 #                           each, then the README's results table (~4 h on 2 cores)
+#   make benchmark-quality-atss  the ATSS twins (stock ATSSHead + focal vs RaMBOATSSHead + the
+#                           shipped dense-head loss), the RetinaNet twins' 4500-iteration schedule,
+#                           seeds 0-2 (-> results/quality_atss/; ~50 min on 2 cores)
 #   make benchmark-quality-sgd  the same twins with SGD (momentum 0.9, weight decay 1e-4; lr 0.02
 #                           Faster R-CNN, 0.01 RetinaNet: mmdet's COCO values, which the shipped
 #                           COCO / VOC configs inherit), seeds 0-2 of both twins
@@ -29,8 +32,8 @@
 VENV := $(if $(RAMBO_VENV),$(RAMBO_VENV),.venv)
 PYTHON := $(VENV)/bin/python
 
-.PHONY: env test demo pretrained benchmark-loss benchmark-quality benchmark-quality-sgd mutation \
-	clean-env
+.PHONY: env test demo pretrained benchmark-loss benchmark-quality benchmark-quality-atss \
+	benchmark-quality-sgd mutation clean-env
 
 env:
 	bash tools/setup_env.sh
@@ -55,6 +58,11 @@ benchmark-quality:
 	$(PYTHON) tools/benchmark_quality.py --detectors faster_rcnn --jobs 2
 	$(PYTHON) tools/benchmark_quality.py --detectors retinanet --iters 4500 \
 		--work-root work_dirs/quality_long --out-dir results/quality_long --extra-arms --jobs 2
+	$(PYTHON) tools/results_table.py --readme README.md
+
+benchmark-quality-atss:
+	$(PYTHON) tools/benchmark_quality.py --detectors atss --iters 4500 \
+		--work-root work_dirs/atss --out-dir results/quality_atss --extra-arms --jobs 2
 	$(PYTHON) tools/results_table.py --readme README.md
 
 SGD := optim_wrapper.optimizer.type=SGD optim_wrapper.optimizer.momentum=0.9 \

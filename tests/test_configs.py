@@ -52,7 +52,8 @@ def without_pretrained(model_cfg):
 
 def test_all_expected_configs_are_shipped():
     names = {config_name(p) for p in CONFIGS}
-    assert {'faster_rcnn_rambo.py', 'retinanet_rambo.py', 'faster_rcnn_rambo_voc0712.py',
+    assert {'faster_rcnn_rambo.py', 'retinanet_rambo.py', 'atss_rambo.py',
+            'faster_rcnn_rambo_voc0712.py',
             'retinanet_rambo_voc0712.py', 'faster_rcnn_rambo_voc0712_cocofmt.py'} <= names
 
 
@@ -72,7 +73,7 @@ def test_config_loads_with_shipped_loss(path):
         assert cfg.model.test_cfg.rcnn.score_thr == 0.05
         assert cfg.model.test_cfg.rcnn.max_per_img == 100
     else:
-        assert head.type == 'RaMBORetinaHead'
+        assert head.type in ('RaMBORetinaHead', 'RaMBOATSSHead')
         assert cfg.model.test_cfg.score_thr == 0.0
         assert cfg.model.test_cfg.max_per_img == 100
     if 'voc0712' in path:
@@ -133,8 +134,9 @@ def one_thread():
 @needs_loss
 @pytest.mark.parametrize('name, rambo_rpn', [('faster_rcnn_rambo.py', False),
                                              ('faster_rcnn_rambo.py', True),
-                                             ('retinanet_rambo.py', False)],
-                         ids=['faster_rcnn', 'faster_rcnn_rambo_rpn', 'retinanet'])
+                                             ('retinanet_rambo.py', False),
+                                             ('atss_rambo.py', False)],
+                         ids=['faster_rcnn', 'faster_rcnn_rambo_rpn', 'retinanet', 'atss'])
 def test_r18_loss_backward_predict(name, rambo_rpn, one_thread):
     model = small_model(osp.join(ROOT, 'configs', name), rambo_rpn)
     if rambo_rpn:
@@ -155,7 +157,8 @@ def test_r18_loss_backward_predict(name, rambo_rpn, one_thread):
         grad = model.roi_head.bbox_head.fc_cls.weight.grad
         assert 'loss_rpn_cls' in losses and 'acc' in losses
     else:
-        grad = model.bbox_head.retina_cls.weight.grad
+        head = model.bbox_head
+        grad = (head.retina_cls if hasattr(head, 'retina_cls') else head.atss_cls).weight.grad
     # the blackbox gradient is sparse (zero where the perturbed ranking equals the ranking),
     # but it reaches the classifier here (fixed seeds)
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0

@@ -26,7 +26,7 @@ import functools
 from mmdet.models.losses import accuracy
 from mmdet.models.roi_heads.bbox_heads import BBoxHead
 
-from .dense_heads.all_levels_loss import declare_row_sampling, is_ranking_loss
+from .dense_heads.ranking_head import declare_row_sampling, is_ranking_loss
 
 __all__ = ['apply']
 

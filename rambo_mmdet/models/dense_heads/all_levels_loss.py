@@ -23,8 +23,7 @@ Shapes, with ``B`` images, ``L`` levels, ``A`` anchors per location, ``C = cls_o
 
 Rows are image-major, then level, then location, then anchor, identically for every tensor.
 """
-import copy
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 from mmdet.models.task_modules.samplers import PseudoSampler
@@ -32,22 +31,10 @@ from mmdet.structures.bbox import cat_boxes, get_box_tensor, stack_boxes
 from mmdet.utils import InstanceList, OptInstanceList
 from torch import Tensor, nn
 
-from ...calibration import match_detections
+from .ranking_head import RankingLossHeadMixin, declare_row_sampling, is_ranking_loss
 
 __all__ = ['AllLevelsClsLossMixin', 'is_ranking_loss', 'find_per_level_ranking_heads',
            'find_softmax_ranking_heads']
-
-
-def is_ranking_loss(loss: Optional[nn.Module]) -> bool:
-    """Whether ``loss`` must see all samples of a batch in one call (``needs_all_samples``)."""
-    return bool(getattr(loss, 'needs_all_samples', False))
-
-
-def declare_row_sampling(loss: Optional[nn.Module], sampled: bool) -> None:
-    """Tell a loss with a ``sampled_rows`` attribute (``RaMBOAPLoss``) whether the head's rows
-    are a bounded sample (RoIs, sampler-picked anchors) or every anchor."""
-    if loss is not None and hasattr(loss, 'sampled_rows'):
-        loss.sampled_rows = bool(sampled)
 
 
 def _flatten_levels(per_level: Sequence[Tensor], channels: int) -> Tensor:
@@ -63,7 +50,7 @@ def _concat_targets(per_level: Sequence[Tensor]) -> Tensor:
     return joined.reshape(-1, *joined.shape[2:])
 
 
-class AllLevelsClsLossMixin:
+class AllLevelsClsLossMixin(RankingLossHeadMixin):
     """Mixin for ``AnchorHead`` subclasses: one ``loss_cls`` call over all levels and images.
 
     Use it as the *first* base: ``class MyHead(AllLevelsClsLossMixin, RetinaHead)``. It overrides
@@ -93,22 +80,9 @@ class AllLevelsClsLossMixin:
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._check_cls_loss()
         sampler = getattr(self, 'sampler', None)  # only with a train_cfg
         if sampler is not None:
             declare_row_sampling(self.loss_cls, not isinstance(sampler, PseudoSampler))
-        if hasattr(self.loss_cls, 'update_calibration_from_detections'):
-            self.loss_cls.detections_from_head = True
-
-    def _check_cls_loss(self) -> None:
-        """Raise ``ValueError`` at build time for a loss this head cannot use."""
-        loss = self.loss_cls
-        if is_ranking_loss(loss) and not self.use_sigmoid_cls:
-            raise ValueError(
-                f'{type(self).__name__}: loss_cls={type(loss).__name__} ranks per-class sigmoid '
-                'scores, but the head was configured for softmax (use_sigmoid is False or missing '
-                'in the loss_cls config; the head reads it from the config, not from the loss '
-                'default). Set loss_cls=dict(type=..., use_sigmoid=True, ...).')
 
     def loss_by_feat(self,
                      cls_scores: List[Tensor],
@@ -157,60 +131,24 @@ class AllLevelsClsLossMixin:
             bbox_pred = get_box_tensor(self.bbox_coder.decode(anchors, bbox_pred))
         loss_bbox = self.loss_bbox(bbox_pred, bbox_targets, bbox_weights, avg_factor=avg_factor)
 
-        if (self.training and self._calibrates_on_detections()
-                and self.loss_cls.calibration_due()):
-            self._calibrate_on_detections(cls_scores, bbox_preds, batch_gt_instances,
-                                          batch_img_metas)
+        self._calibrate_if_due(cls_scores, bbox_preds, batch_gt_instances, batch_img_metas)
 
         cls_key, bbox_key = self.loss_keys
         return {cls_key: loss_cls, bbox_key: loss_bbox}
-
-    def _calibrates_on_detections(self) -> bool:
-        loss = self.loss_cls
-        return (getattr(loss, 'calibration', None) is not None
-                and getattr(loss, 'calibration_source', None) == 'detections')
-
-    @torch.no_grad()
-    def _calibrate_on_detections(self, cls_scores: List[Tensor], bbox_preds: List[Tensor],
-                                 batch_gt_instances: InstanceList,
-                                 batch_img_metas: List[dict]) -> None:
-        """Score calibration on what the detector outputs (``calibration_source='detections'``).
-
-        The head's test-time post-processing (its ``test_cfg``: ``nms_pre``, NMS,
-        ``max_per_img``; ``score_thr`` 0) runs on this batch's detached outputs with the raw
-        sigmoid scores; each detection is correct when it matches a same-class ground-truth box
-        at IoU >= 0.5 (greedily by score), and the loss fits its logit map to that. An anchor's
-        own label says whether the anchor is a positive, which for the many anchors around an
-        object is a different (and much rarer) event than a detection after NMS being correct.
-        """
-        cfg = copy.deepcopy(self.test_cfg)
-        cfg['score_thr'] = 0.0
-        with self.loss_cls.identity_calibration():
-            results = self.predict_by_feat(
-                [score.detach() for score in cls_scores], [pred.detach() for pred in bbox_preds],
-                batch_img_metas=batch_img_metas, cfg=cfg, rescale=False)
-        logits, labels, correct = [], [], []
-        for result, gt in zip(results, batch_gt_instances):
-            gt_boxes = get_box_tensor(gt.bboxes)
-            correct.append(match_detections(result.bboxes, result.labels, result.scores,
-                                            gt_boxes, gt.labels).to(result.scores.device))
-            logits.append(torch.logit(result.scores.double(), eps=1e-12))
-            labels.append(result.labels)
-        self.loss_cls.update_calibration_from_detections(torch.cat(logits), torch.cat(labels),
-                                                         torch.cat(correct))
-
 
 def find_per_level_ranking_heads(model: nn.Module) -> List[str]:
     """Names of submodules of ``model`` that call a ranking loss once per FPN level.
 
     That is: heads with mmdet's per-level ``loss_by_feat_single`` (``AnchorHead`` and most of its
     subclasses, ``ATSSHead``, ``GFLHead``, ...) whose ``loss_cls`` has ``needs_all_samples`` and
-    that do not use :class:`AllLevelsClsLossMixin`. Such a configuration works, but each level is
+    that do not rank all levels in one call (``ranks_all_levels``, set by the package's heads:
+    :class:`AllLevelsClsLossMixin`, ``JoinedLevelsClsLossMixin``). Such a configuration works, but each level is
     ranked separately (a weaker, per-level AP); the tools log a warning for it.
     """
     found = []
     for name, module in model.named_modules():
-        if (hasattr(module, 'loss_by_feat_single') and not isinstance(module, AllLevelsClsLossMixin)
+        if (hasattr(module, 'loss_by_feat_single')
+                and not getattr(module, 'ranks_all_levels', False)
                 and is_ranking_loss(getattr(module, 'loss_cls', None))):
             found.append(name or type(module).__name__)
     return found

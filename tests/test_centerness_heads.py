@@ -1,0 +1,248 @@
+"""RaMBOATSSHead (JoinedLevelsClsLossMixin) and RaMBOFCOSHead on CPU.
+
+* With the focal loss, RaMBOATSSHead's losses equal the stock ATSSHead's (classification summed
+  over levels; box and centerness entries identical).
+* A ranking loss gets one call whose rows are exactly the stock head's per-level calls' rows.
+* Calibration on detections fits logit(final score) (class probability x centerness), and
+  prediction maps the final scores: the same boxes as the stock head, scores through the map.
+"""
+import copy
+
+import pytest
+import torch
+from mmengine.config import ConfigDict
+from mmdet.registry import MODELS
+from mmdet.utils import register_all_modules
+
+import rambo_mmdet  # noqa: F401  (registers the heads and losses)
+from rambo_mmdet.calibration import match_detections
+from rambo_mmdet.models.dense_heads import (JoinedLevelsClsLossMixin, RaMBOATSSHead,
+                                            RaMBOFCOSHead, find_per_level_ranking_heads)
+from rambo_mmdet.models.dense_heads.joined_levels import _LevelCallRecorder
+from rambo_mmdet.models.losses import RaMBOAPLoss
+
+from test_heads import NUM_CLASSES, STRIDES, assert_classifier_trained, make_batch, total
+
+register_all_modules()
+
+RANKING = dict(type='RaMBOAPLoss', use_sigmoid=True)
+FOCAL = dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def atss_cfg(loss_cls=FOCAL, **test_cfg):
+    return dict(
+        num_classes=NUM_CLASSES, in_channels=8, feat_channels=8, stacked_convs=1,
+        norm_cfg=None,
+        anchor_generator=dict(type='AnchorGenerator', ratios=[1.0], octave_base_scale=4,
+                              scales_per_octave=1, strides=STRIDES),
+        bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[.0, .0, .0, .0],
+                        target_stds=[0.1, 0.1, 0.2, 0.2]),
+        loss_cls=copy.deepcopy(loss_cls),
+        loss_bbox=dict(type='GIoULoss', loss_weight=2.0),
+        train_cfg=dict(assigner=dict(type='ATSSAssigner', topk=9), allowed_border=-1,
+                       pos_weight=-1, debug=False),
+        test_cfg=ConfigDict(nms_pre=50, min_bbox_size=0, score_thr=0.0,
+                            nms=dict(type='nms', iou_threshold=0.6), max_per_img=20,
+                            **test_cfg))
+
+
+def fcos_cfg(loss_cls=RANKING, **test_cfg):
+    return dict(num_classes=NUM_CLASSES, in_channels=8, feat_channels=8, stacked_convs=1,
+                strides=STRIDES, norm_cfg=None, loss_cls=copy.deepcopy(loss_cls),
+                test_cfg=ConfigDict(nms_pre=50, min_bbox_size=0, score_thr=0.0,
+                                    nms=dict(type='nms', iou_threshold=0.5), max_per_img=20,
+                                    **test_cfg))
+
+
+def build_pair(stock_type, ours_type, cfg, ours_cfg=None):
+    stock = MODELS.build(dict(type=stock_type, **copy.deepcopy(cfg)))
+    ours = MODELS.build(dict(type=ours_type, **copy.deepcopy(ours_cfg or cfg)))
+    ours.load_state_dict(stock.state_dict(), strict=False)  # the map's buffers: ours only
+    return stock, ours
+
+
+def record_calls(loss_module):
+    calls = []
+    original = loss_module.forward
+
+    def forward(cls_score, labels, label_weights=None, **kwargs):
+        calls.append((cls_score, labels, label_weights, kwargs.get('avg_factor')))
+        return original(cls_score, labels, label_weights, **kwargs)
+
+    loss_module.forward = forward
+    return calls
+
+
+def test_heads_are_registered():
+    assert MODELS.get('RaMBOATSSHead') is RaMBOATSSHead
+    assert MODELS.get('RaMBOFCOSHead') is RaMBOFCOSHead
+    assert issubclass(RaMBOATSSHead, JoinedLevelsClsLossMixin)
+
+
+def test_atss_matches_stock_with_focal_loss():
+    stock, ours = build_pair('ATSSHead', 'RaMBOATSSHead', atss_cfg())
+    feats, gts, metas = make_batch(STRIDES)
+    expected = stock.loss_by_feat(*stock(feats), gts, metas)
+    got = ours.loss_by_feat(*ours(feats), gts, metas)
+    assert set(got) == set(expected) == {'loss_cls', 'loss_bbox', 'loss_centerness'}
+    assert got['loss_cls'].dim() == 0 and float(got['loss_cls']) > 0
+    torch.testing.assert_close(got['loss_cls'], total(expected['loss_cls']), rtol=1e-5,
+                               atol=1e-6)
+    for key in ('loss_bbox', 'loss_centerness'):  # the stock code's values, untouched
+        assert all(torch.equal(g, e) for g, e in zip(got[key], expected[key]))
+
+
+def test_atss_ranks_the_stock_rows_in_one_call():
+    stock, ours = build_pair('ATSSHead', 'RaMBOATSSHead', atss_cfg(RANKING))
+    feats, gts, metas = make_batch(STRIDES)
+    stock_calls, our_calls = record_calls(stock.loss_cls), record_calls(ours.loss_cls)
+    stock.loss_by_feat(*stock(feats), gts, metas)
+    losses = ours.loss_by_feat(*ours(feats), gts, metas)
+    assert len(stock_calls) == len(STRIDES) and len(our_calls) == 1
+    score, labels, weights, avg_factor = our_calls[0]
+    num_anchors = sum(f.shape[-2] * f.shape[-1] for f in feats)
+    assert score.shape == (len(metas) * num_anchors, NUM_CLASSES)
+    for got, index in ((score, 0), (labels, 1), (weights, 2)):
+        assert torch.equal(got, torch.cat([call[index] for call in stock_calls]))
+    assert avg_factor == stock_calls[0][3]
+    assert (labels < NUM_CLASSES).any()
+    sum(total(v) for k, v in losses.items() if k.startswith('loss')).backward()
+    assert_classifier_trained(ours.atss_cls)
+    assert find_per_level_ranking_heads(ours) == []
+    assert find_per_level_ranking_heads(stock) == ['ATSSHead']
+
+
+def test_recorder_refuses_calls_it_cannot_join():
+    recorder = _LevelCallRecorder('GFLHead', 'QualityFocalLoss')
+    score = torch.zeros(4, 3)
+    with pytest.raises(TypeError, match='GFLHead.*tuple targets'):
+        recorder(score, (torch.zeros(4, dtype=torch.long), torch.zeros(4)))
+    with pytest.raises(ValueError, match='reduction_override'):
+        recorder(score, torch.zeros(4, dtype=torch.long), reduction_override='sum')
+    with pytest.raises(RuntimeError, match='did not call loss_cls'):
+        recorder.joined()
+    recorder(score, torch.zeros(4, dtype=torch.long), avg_factor=2.0)
+    recorder(score, torch.zeros(4, dtype=torch.long), torch.ones(4), avg_factor=3.0)
+    with pytest.raises(ValueError, match='different avg_factor'):
+        recorder.joined()
+    # a level without label weights joins as weight 1
+    recorder.calls[1] = recorder.calls[1][:3] + (2.0, )
+    _, _, weights, _ = recorder.joined()
+    assert torch.equal(weights, torch.ones(8))
+
+
+@pytest.mark.parametrize('head', ['RaMBOATSSHead', 'RaMBOFCOSHead'])
+def test_ranking_loss_with_softmax_fails_at_build(head):
+    cfg = atss_cfg(dict(type='RaMBOAPLoss')) if head == 'RaMBOATSSHead' else \
+        fcos_cfg(dict(type='RaMBOAPLoss'))
+    with pytest.raises(ValueError, match='use_sigmoid'):
+        MODELS.build(dict(type=head, **cfg))
+
+
+def test_fcos_losses_are_the_stock_heads():
+    stock, ours = build_pair('FCOSHead', 'RaMBOFCOSHead', fcos_cfg(dict(RANKING,
+                                                                       calibration=None)))
+    feats, gts, metas = make_batch(STRIDES)
+    expected = stock.loss_by_feat(*stock(feats), gts, metas)
+    got = ours.loss_by_feat(*ours(feats), gts, metas)
+    assert set(got) == set(expected)
+    assert all(torch.equal(got[k], expected[k]) for k in got)
+
+
+def _calibrating(head_type, cfg):
+    head = MODELS.build(dict(type=head_type, **cfg))
+    head.train()
+    seen = []
+    loss = head.loss_cls
+    original = loss.update_calibration_from_detections
+
+    def spy(logits, labels, correct):
+        seen.append((logits, labels, correct))
+        return original(logits, labels, correct)
+
+    loss.update_calibration_from_detections = spy
+    return head, seen
+
+
+@pytest.mark.parametrize('head_type', ['RaMBOATSSHead', 'RaMBOFCOSHead'])
+def test_centerness_heads_calibrate_on_their_final_scores(head_type):
+    """The detections the loss fits are the head's test-time output with raw scores, and their
+    scores include the centerness (an oracle built from the stock prediction)."""
+    loss_cfg = dict(RANKING, calibration_source='detections')
+    cfg = atss_cfg(loss_cfg) if head_type == 'RaMBOATSSHead' else fcos_cfg(loss_cfg)
+    head, seen = _calibrating(head_type, cfg)
+    feats, gts, metas = make_batch(STRIDES)
+    outputs = head(feats)
+    head.loss_by_feat(*outputs, gts, metas)
+    assert len(seen) == 1 and head.loss_cls.calib_updates.item() == 1
+    logits, labels, correct = seen[0]
+    stock_type = head_type.replace('RaMBO', '')
+    stock = MODELS.build(dict(type=stock_type, **dict(cfg, loss_cls=FOCAL)))
+    stock.load_state_dict(head.state_dict(), strict=False)
+    with torch.no_grad():
+        want = stock.predict_by_feat(*stock(feats), batch_img_metas=metas, rescale=False)
+    scores = torch.cat([w.scores for w in want])
+    assert len(logits) == len(scores) > 0
+    torch.testing.assert_close(logits, torch.logit(scores.double(), eps=1e-12))
+    assert torch.equal(labels, torch.cat([w.labels for w in want]))
+    expected = torch.cat([match_detections(w.bboxes, w.labels, w.scores, g.bboxes, g.labels)
+                          for w, g in zip(want, gts)])
+    assert torch.equal(correct.cpu(), expected)
+    # the centerness is in the scores: class probabilities alone would score higher
+    raw = head.forward(feats)
+    assert scores.max() < max(s.sigmoid().max() for s in raw[0])
+
+
+@pytest.mark.parametrize('head_type', ['RaMBOATSSHead', 'RaMBOFCOSHead'])
+@pytest.mark.parametrize('calibration', ['global', 'per_class'])
+def test_centerness_heads_map_the_final_scores(head_type, calibration):
+    """Same boxes and labels as the stock head with the same weights; scores are the stock
+    scores (class probability x centerness) through the map; with the identity map, the stock
+    scores exactly."""
+    loss_cfg = dict(RANKING, calibration=calibration, calibration_source='detections',
+                    num_classes=NUM_CLASSES)
+    cfg = atss_cfg(FOCAL) if head_type == 'RaMBOATSSHead' else fcos_cfg(FOCAL)
+    ours_cfg = dict(cfg, loss_cls=loss_cfg)
+    stock, ours = build_pair(head_type.replace('RaMBO', ''), head_type, cfg, ours_cfg)
+    feats, _, metas = make_batch(STRIDES)
+    with torch.no_grad():
+        want = stock.predict_by_feat(*stock(feats), batch_img_metas=metas, rescale=False)
+        same = ours.predict_by_feat(*ours(feats), batch_img_metas=metas, rescale=False)
+        scale = torch.tensor(3.0) if calibration == 'global' else \
+            torch.arange(1.0, NUM_CLASSES + 1.0)
+        bias = -1.0 * torch.ones_like(scale)
+        ours.loss_cls.calib_scale.copy_(scale)
+        ours.loss_cls.calib_bias.copy_(bias)
+        got = ours.predict_by_feat(*ours(feats), batch_img_metas=metas, rescale=False)
+    for exp, ident, res in zip(want, same, got):
+        assert len(res.scores) > 0
+        assert torch.equal(ident.scores, exp.scores) and torch.equal(ident.bboxes, exp.bboxes)
+        assert torch.equal(res.bboxes, exp.bboxes) and torch.equal(res.labels, exp.labels)
+        a = scale if scale.dim() == 0 else scale[exp.labels]
+        b = bias if bias.dim() == 0 else bias[exp.labels]
+        torch.testing.assert_close(res.scores, torch.sigmoid(a * torch.logit(exp.scores) + b))
+        assert not torch.equal(res.scores, exp.scores)
+
+
+def test_calibrated_probabilities():
+    loss = RaMBOAPLoss(calibration='per_class', num_classes=2)
+    scores = torch.tensor([0.1, 0.5, 0.9])
+    assert loss.calibrated_probabilities(scores) is scores  # identity map: unchanged
+    loss.calib_scale.copy_(torch.tensor([2.0, 1.0]))
+    loss.calib_bias.copy_(torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match='labels'):
+        loss.calibrated_probabilities(scores)
+    labels = torch.tensor([0, 1, 0])
+    want = torch.sigmoid(torch.tensor([2 * torch.logit(torch.tensor(0.1)).item(), 1.0,
+                                       2 * torch.logit(torch.tensor(0.9)).item()]))
+    torch.testing.assert_close(loss.calibrated_probabilities(scores, labels), want)
+    with loss.identity_calibration():
+        assert loss.calibrated_probabilities(scores, labels) is scores
