@@ -3,8 +3,9 @@
 # RaMBOATSSHead is ATSSHead (same layers, ATSS assignment, GIoU and centerness losses) whose
 # classification loss sees all anchors of all FPN levels and all images of the batch in one call
 # (one ranking, the AP the detector is evaluated on); the stock ATSSHead would call it once per
-# level. Its scores, sigmoid(logit) x sigmoid(centerness) as in the stock head, go through the
-# loss's calibration map, which is fitted on those final scores of the head's training detections.
+# level. It scores p x sigmoid(centerness) as the stock head, with p the loss's calibrated class
+# probability (rambo_centerness_head_loss: the map fitted on the ranked rows; ranking the raw
+# sigmoid(logit) x centerness cost the FashionDet ATSS twin 1.9 mAP, see _base_/rambo_losses.py).
 _base_ = ['mmdet::atss/atss_r50_fpn_1x_coco.py', './_base_/rambo_losses.py',
           './_base_/imagenet_weights.py']
 
@@ -15,6 +16,6 @@ model = dict(
     backbone=dict(init_cfg=dict(checkpoint={{_base_.resnet50_imagenet}})),
     bbox_head=dict(
         type='RaMBOATSSHead',
-        loss_cls={{_base_.rambo_dense_head_loss}}),
-    # calibrated scores, but keep all candidates (see retinanet_rambo.py); mmdet's ATSS NMS kept
+        loss_cls={{_base_.rambo_centerness_head_loss}}),
+    # keep all candidates (see retinanet_rambo.py); mmdet's ATSS NMS kept
     test_cfg=dict(score_thr=0.0, nms_pre=1000, max_per_img=100))

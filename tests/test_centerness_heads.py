@@ -3,8 +3,8 @@
 * With the focal loss, RaMBOATSSHead's losses equal the stock ATSSHead's (classification summed
   over levels; box and centerness entries identical).
 * A ranking loss gets one call whose rows are exactly the stock head's per-level calls' rows.
-* Calibration on detections fits logit(final score) (class probability x centerness), and
-  prediction maps the final scores: the same boxes as the stock head, scores through the map.
+* Centerness heads score p x sigmoid(centerness), p the loss's class-probability map (fitted on
+  the ranked rows, once per batch); a map fitted on detections is refused at build time.
 """
 import copy
 
@@ -15,11 +15,9 @@ from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 
 import rambo_mmdet  # noqa: F401  (registers the heads and losses)
-from rambo_mmdet.calibration import match_detections
 from rambo_mmdet.models.dense_heads import (JoinedLevelsClsLossMixin, RaMBOATSSHead,
                                             RaMBOFCOSHead, find_per_level_ranking_heads)
 from rambo_mmdet.models.dense_heads.joined_levels import _LevelCallRecorder
-from rambo_mmdet.models.losses import RaMBOAPLoss
 
 from test_heads import NUM_CLASSES, STRIDES, assert_classifier_trained, make_batch, total
 
@@ -157,92 +155,68 @@ def test_fcos_losses_are_the_stock_heads():
     assert all(torch.equal(got[k], expected[k]) for k in got)
 
 
-def _calibrating(head_type, cfg):
-    head = MODELS.build(dict(type=head_type, **cfg))
-    head.train()
-    seen = []
-    loss = head.loss_cls
-    original = loss.update_calibration_from_detections
-
-    def spy(logits, labels, correct):
-        seen.append((logits, labels, correct))
-        return original(logits, labels, correct)
-
-    loss.update_calibration_from_detections = spy
-    return head, seen
-
-
 @pytest.mark.parametrize('head_type', ['RaMBOATSSHead', 'RaMBOFCOSHead'])
-def test_centerness_heads_calibrate_on_their_final_scores(head_type):
-    """The detections the loss fits are the head's test-time output with raw scores, and their
-    scores include the centerness (an oracle built from the stock prediction)."""
+def test_centerness_heads_refuse_a_map_fitted_on_detections(head_type):
     loss_cfg = dict(RANKING, calibration_source='detections')
     cfg = atss_cfg(loss_cfg) if head_type == 'RaMBOATSSHead' else fcos_cfg(loss_cfg)
-    head, seen = _calibrating(head_type, cfg)
+    with pytest.raises(ValueError, match="centerness.*calibration_source='ranked_rows'"):
+        MODELS.build(dict(type=head_type, **cfg))
+
+
+def test_atss_updates_the_class_map_once_per_batch():
+    """With calibration_source='ranked_rows' the map is fitted in the loss call: once per batch
+    in RaMBOATSSHead (the stock head's per-level calls would fit it on each level apart)."""
+    stock, ours = build_pair('ATSSHead', 'RaMBOATSSHead', atss_cfg(RANKING))
     feats, gts, metas = make_batch(STRIDES)
-    outputs = head(feats)
-    head.loss_by_feat(*outputs, gts, metas)
-    assert len(seen) == 1 and head.loss_cls.calib_updates.item() == 1
-    logits, labels, correct = seen[0]
-    stock_type = head_type.replace('RaMBO', '')
-    stock = MODELS.build(dict(type=stock_type, **dict(cfg, loss_cls=FOCAL)))
-    stock.load_state_dict(head.state_dict(), strict=False)
-    with torch.no_grad():
-        want = stock.predict_by_feat(*stock(feats), batch_img_metas=metas, rescale=False)
-    scores = torch.cat([w.scores for w in want])
-    assert len(logits) == len(scores) > 0
-    torch.testing.assert_close(logits, torch.logit(scores.double(), eps=1e-12))
-    assert torch.equal(labels, torch.cat([w.labels for w in want]))
-    expected = torch.cat([match_detections(w.bboxes, w.labels, w.scores, g.bboxes, g.labels)
-                          for w, g in zip(want, gts)])
-    assert torch.equal(correct.cpu(), expected)
-    # the centerness is in the scores: class probabilities alone would score higher
-    raw = head.forward(feats)
-    assert scores.max() < max(s.sigmoid().max() for s in raw[0])
+    for head in (stock, ours):
+        head.train()
+        head.loss_by_feat(*head(feats), gts, metas)
+    assert ours.loss_cls.calib_updates.item() == 1
+    assert stock.loss_cls.calib_updates.item() == len(STRIDES)
 
 
 @pytest.mark.parametrize('head_type', ['RaMBOATSSHead', 'RaMBOFCOSHead'])
-@pytest.mark.parametrize('calibration', ['global', 'per_class'])
-def test_centerness_heads_map_the_final_scores(head_type, calibration):
-    """Same boxes and labels as the stock head with the same weights; scores are the stock
-    scores (class probability x centerness) through the map; with the identity map, the stock
-    scores exactly."""
-    loss_cfg = dict(RANKING, calibration=calibration, calibration_source='detections',
-                    num_classes=NUM_CLASSES)
+def test_centerness_heads_score_the_class_probability_times_centerness(head_type):
+    """Prediction: p x sigmoid(centerness) with p = sigmoid(a * logit + b), the loss's map; the
+    oracle is the stock head with the focal loss whose classifier outputs a * logit + b."""
+    scale, bias = 3.0, -1.0
     cfg = atss_cfg(FOCAL) if head_type == 'RaMBOATSSHead' else fcos_cfg(FOCAL)
-    ours_cfg = dict(cfg, loss_cls=loss_cfg)
-    stock, ours = build_pair(head_type.replace('RaMBO', ''), head_type, cfg, ours_cfg)
-    feats, _, metas = make_batch(STRIDES)
+    stock, ours = build_pair(head_type.replace('RaMBO', ''), head_type, cfg,
+                             dict(cfg, loss_cls=RANKING))
+    classifier = 'atss_cls' if head_type == 'RaMBOATSSHead' else 'conv_cls'
     with torch.no_grad():
+        ours.loss_cls.calib_scale.fill_(scale)
+        ours.loss_cls.calib_bias.fill_(bias)
+        getattr(stock, classifier).weight.mul_(scale)
+        getattr(stock, classifier).bias.mul_(scale).add_(bias)
+        feats, _, metas = make_batch(STRIDES)
         want = stock.predict_by_feat(*stock(feats), batch_img_metas=metas, rescale=False)
-        same = ours.predict_by_feat(*ours(feats), batch_img_metas=metas, rescale=False)
-        scale = torch.tensor(3.0) if calibration == 'global' else \
-            torch.arange(1.0, NUM_CLASSES + 1.0)
-        bias = -1.0 * torch.ones_like(scale)
-        ours.loss_cls.calib_scale.copy_(scale)
-        ours.loss_cls.calib_bias.copy_(bias)
         got = ours.predict_by_feat(*ours(feats), batch_img_metas=metas, rescale=False)
-    for exp, ident, res in zip(want, same, got):
+    for exp, res in zip(want, got):
         assert len(res.scores) > 0
-        assert torch.equal(ident.scores, exp.scores) and torch.equal(ident.bboxes, exp.bboxes)
         assert torch.equal(res.bboxes, exp.bboxes) and torch.equal(res.labels, exp.labels)
-        a = scale if scale.dim() == 0 else scale[exp.labels]
-        b = bias if bias.dim() == 0 else bias[exp.labels]
-        torch.testing.assert_close(res.scores, torch.sigmoid(a * torch.logit(exp.scores) + b))
-        assert not torch.equal(res.scores, exp.scores)
+        torch.testing.assert_close(res.scores, exp.scores)
 
 
-def test_calibrated_probabilities():
-    loss = RaMBOAPLoss(calibration='per_class', num_classes=2)
-    scores = torch.tensor([0.1, 0.5, 0.9])
-    assert loss.calibrated_probabilities(scores) is scores  # identity map: unchanged
-    loss.calib_scale.copy_(torch.tensor([2.0, 1.0]))
-    loss.calib_bias.copy_(torch.tensor([0.0, 1.0]))
-    with pytest.raises(ValueError, match='labels'):
-        loss.calibrated_probabilities(scores)
-    labels = torch.tensor([0, 1, 0])
-    want = torch.sigmoid(torch.tensor([2 * torch.logit(torch.tensor(0.1)).item(), 1.0,
-                                       2 * torch.logit(torch.tensor(0.9)).item()]))
-    torch.testing.assert_close(loss.calibrated_probabilities(scores, labels), want)
-    with loss.identity_calibration():
-        assert loss.calibrated_probabilities(scores, labels) is scores
+def test_fcos_state_dict_without_metadata_loads_the_map():
+    """mmdet's AnchorFreeHead renames 'bbox_head.loss_cls.*' to 'bbox_head.conv_cls.*' in a state
+    dict without version metadata (a plain dict copy); RaMBOFCOSHead keeps the loss's buffers
+    out of that. (The renaming reads the key's second part: the head must sit one level down, as
+    in a detector.)"""
+    cfg = fcos_cfg(RANKING)
+
+    def detector(head_type):
+        model = torch.nn.Module()
+        model.bbox_head = MODELS.build(dict(type=head_type, **cfg))
+        return model
+
+    source = detector('RaMBOFCOSHead')
+    source.bbox_head.loss_cls.calib_scale.fill_(2.5)
+    plain = {key: value.clone() for key, value in source.state_dict().items()}
+    assert not hasattr(plain, '_metadata')
+    target = detector('RaMBOFCOSHead')
+    target.load_state_dict(plain)
+    assert target.bbox_head.loss_cls.calib_scale.item() == 2.5
+    assert torch.equal(target.bbox_head.conv_cls.weight, source.bbox_head.conv_cls.weight)
+    with pytest.raises(RuntimeError, match='conv_cls.calib_scale'):  # the quirk guarded against
+        detector('FCOSHead').load_state_dict(plain)

@@ -259,7 +259,9 @@ def fit_on_train(model, loss, cfg, args):
     """The loss's own calibration update on training batches, the network frozen."""
     set_map(loss, 1.0, 0.0)
     loss.calibration_interval = 1  # every batch (training spaces the costlier detection updates)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+    # a deep copy keeps the modules' version metadata (mmdet's anchor-free heads rename the keys
+    # of a state dict without it)
+    state = copy.deepcopy(model.state_dict())
     loader = _loader(cfg, 'train', train=True)
     model.train()
     done = 0

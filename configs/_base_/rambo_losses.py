@@ -73,6 +73,13 @@ rambo_dense_head_loss = dict(
     # whether an anchor is a positive is a much rarer event than whether a detection is correct
     calibration_source='detections')
 
+# Centerness heads (RaMBOATSSHead, RaMBOFCOSHead): the dense-head loss, with the map fitted on
+# the ranked rows. These heads score a detection p x sigmoid(centerness); the map makes the class
+# logit a class probability p, as a focal loss's sigmoid is, before the centerness multiplies it.
+# Ranking the raw sigmoid(logit) x centerness instead (an AP-trained logit's scale is arbitrary)
+# cost the ATSS twin 1.9 mAP / 3.7 AP50 (seed 0, the same weights; README "Quality").
+rambo_centerness_head_loss = dict(rambo_dense_head_loss, calibration_source='ranked_rows')
+
 # Training signals of every ranking loss in the model, logged at the logger interval like a loss
 # (text log, scalars.json, TensorBoard): training AP of each term (ap_map, ap_apc), the fraction
 # of scores with a non-zero gradient (grad_frac), and the logit spread of positives and negatives

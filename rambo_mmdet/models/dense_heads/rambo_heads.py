@@ -7,8 +7,9 @@ losses do not change. Use them with a ranking loss::
                    loss_cls=dict(type='RaMBOAPLoss', use_sigmoid=True))
 
 ``RaMBORetinaHead`` / ``RaMBORPNHead``: :class:`AllLevelsClsLossMixin`; ``RaMBOATSSHead``:
-:class:`JoinedLevelsClsLossMixin`; ``RaMBOFCOSHead``: the stock FCOS loss (already one call)
-plus the score calibration of :class:`RankingLossHeadMixin`, which all four share.
+:class:`JoinedLevelsClsLossMixin`; ``RaMBOFCOSHead``: the stock FCOS loss (already one call).
+All four share :class:`RankingLossHeadMixin` (build checks, calibration on detections for the
+heads without a centerness factor).
 """
 from mmdet.models.dense_heads import ATSSHead, FCOSHead, RetinaHead, RPNHead
 from mmdet.registry import MODELS
@@ -62,37 +63,41 @@ class RaMBOATSSHead(JoinedLevelsClsLossMixin, ATSSHead):
 
     The stock loss code runs unchanged (ATSS assignment, GIoU on decoded boxes weighted by the
     centerness targets, centerness loss); only its per-level ``loss_cls`` calls become one call
-    (:class:`JoinedLevelsClsLossMixin`). Scores are ``sigmoid(logit) x sigmoid(centerness)`` as in
-    the stock head, with the loss's calibration map applied to them (fitted on the head's
-    training detections with ``calibration_source='detections'``).
+    (:class:`JoinedLevelsClsLossMixin`). Prediction is the stock head's: ``p x
+    sigmoid(centerness)``, with ``p`` the loss's calibrated class probability (its map fitted on
+    the ranked rows, ``calibration_source='ranked_rows'``; ``'detections'`` is refused).
 
     Losses: ``loss_cls`` (scalar), ``loss_bbox`` and ``loss_centerness`` (per level, stock).
     """
 
-    def loss_by_feat(self, cls_scores, bbox_preds, centernesses, batch_gt_instances,
-                     batch_img_metas, batch_gt_instances_ignore=None) -> dict:
-        losses = super().loss_by_feat(cls_scores, bbox_preds, centernesses, batch_gt_instances,
-                                      batch_img_metas, batch_gt_instances_ignore)
-        self._calibrate_if_due(cls_scores, bbox_preds, batch_gt_instances, batch_img_metas,
-                               score_factors=centernesses)
-        return losses
+    score_has_factor = True
 
 
 @MODELS.register_module()
 class RaMBOFCOSHead(RankingLossHeadMixin, FCOSHead):
     """``FCOSHead`` (whose loss already ranks all points of all levels and images in one call)
-    with the loss's score calibration: scores ``sigmoid(logit) x sigmoid(centerness)`` as in the
-    stock head, through the loss's map fitted on the head's training detections
-    (``calibration_source='detections'``). Use the stock ``FCOSHead`` with
-    ``calibration=None`` for the same training without it.
+    with the package's checks: a ranking loss needs ``use_sigmoid=True`` and a class-probability
+    map (``calibration_source='ranked_rows'``, which the centerness multiplies); and a state dict
+    without version metadata loads the loss's calibration buffers (see
+    :meth:`_load_from_state_dict`). Training and prediction are the stock head's.
 
     Losses: the stock head's (``loss_cls``, ``loss_bbox``, ``loss_centerness``).
     """
 
-    def loss_by_feat(self, cls_scores, bbox_preds, centernesses, batch_gt_instances,
-                     batch_img_metas, batch_gt_instances_ignore=None) -> dict:
-        losses = super().loss_by_feat(cls_scores, bbox_preds, centernesses, batch_gt_instances,
-                                      batch_img_metas, batch_gt_instances_ignore)
-        self._calibrate_if_due(cls_scores, bbox_preds, batch_gt_instances, batch_img_metas,
-                               score_factors=centernesses)
-        return losses
+    score_has_factor = True
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        """mmdet's ``AnchorFreeHead`` renames, in a state dict without version metadata (e.g. a
+        plain ``{key: tensor}`` copy), every key whose first part below the head ends in
+        ``cls`` to ``conv_cls`` (old FCOS checkpoints' ``fcos_cls``); that would take the loss's
+        calibration buffers (``loss_cls.calib_*``) for the classifier's and fail to load. The
+        loss's keys are kept out of that renaming (restored before the loss loads them)."""
+        if local_metadata.get('version') is not None:
+            return super()._load_from_state_dict(state_dict, prefix, local_metadata, *args,
+                                                 **kwargs)
+        own = prefix + 'loss_cls.'
+        kept = {key: state_dict.pop(key) for key in list(state_dict) if key.startswith(own)}
+        try:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
+        finally:
+            state_dict.update(kept)

@@ -546,26 +546,6 @@ class RaMBOAPLoss(nn.Module):
         return not (self.calibration is None or getattr(self, '_identity', False)
                     or bool((self.calib_scale == 1).all() & (self.calib_bias == 0).all()))
 
-    def calibrated_probabilities(self, scores: Tensor, labels: Optional[Tensor] = None) -> Tensor:
-        """Detection scores ``[D]`` in [0, 1] -> ``sigmoid(a * logit(scores) + b)``, in the dtype
-        of ``scores`` (computed in float64); ``scores`` themselves while no map applies (see
-        :meth:`_map_applies`).
-
-        For heads whose detection score is not ``sigmoid(logit)`` (centerness heads score
-        ``sigmoid(logit) x sigmoid(centerness)``): the map of ``calibration_source='detections'``
-        is fitted on ``logit(score)`` of the training detections (clamped at 1e-12, as here), so
-        it maps the detector's final scores. ``labels`` ``[D]`` pick each detection's map with
-        ``calibration='per_class'`` (required then)."""
-        if not self._map_applies():
-            return scores
-        scale, bias = self.calib_scale.double(), self.calib_bias.double()
-        if self.calibration == 'per_class':
-            if labels is None:
-                raise ValueError(f'{self.name}: a per_class map needs the detections\' labels')
-            scale, bias = scale[labels], bias[labels]
-        logits = torch.logit(scores.double(), eps=1e-12)
-        return torch.sigmoid(logits * scale + bias).to(scores.dtype)
-
     def get_activation(self, cls_score: Tensor) -> Tensor:
         """``[N, C]`` logits -> ``[N, C + 1]`` scores: sigmoid of the calibrated logits (the
         logits themselves with ``calibration=None``), plus a zero background column."""
@@ -658,8 +638,7 @@ class RaMBOAPLoss(nn.Module):
                     raise ValueError(
                         f"{self.name}: calibration_source='detections' needs a head that passes "
                         f'its training detections to the loss (RaMBORetinaHead, RaMBORPNHead, '
-                        f'RaMBOATSSHead, RaMBOFCOSHead, RankingLossHeadMixin heads); use '
-                        f"'ranked_rows' here")
+                        f"AllLevelsClsLossMixin heads); use 'ranked_rows' here")
         return loss
 
     def _balanced_below(self) -> Optional[float]:
