@@ -288,7 +288,7 @@ def check_ranking_heads(model, logger='current') -> List[str]:
         print_log(
             f'{name}: its ranking loss is called once per FPN level, so each level is ranked '
             'separately (a weaker, per-level AP). Use a head that ranks all levels at once, '
-            'e.g. RaMBORetinaHead / RaMBORPNHead (AllLevelsClsLossMixin).',
+            'e.g. RaMBORetinaHead / RaMBORPNHead / RaMBOATSSHead.',
             logger=logger, level=logging.WARNING)
     return names
 

@@ -19,20 +19,13 @@ from rambo_mmdet.models.dense_heads import (JoinedLevelsClsLossMixin, RaMBOATSSH
                                             RaMBOFCOSHead, find_per_level_ranking_heads)
 from rambo_mmdet.models.dense_heads.joined_levels import _LevelCallRecorder
 
-from test_heads import NUM_CLASSES, STRIDES, assert_classifier_trained, make_batch, total
+from test_heads import (NUM_CLASSES, STRIDES, assert_classifier_trained, make_batch,  # noqa: F401
+                        one_thread, total)  # one_thread: the autouse single-thread fixture
 
 register_all_modules()
 
 RANKING = dict(type='RaMBOAPLoss', use_sigmoid=True)
 FOCAL = dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0)
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def atss_cfg(loss_cls=FOCAL, **test_cfg):

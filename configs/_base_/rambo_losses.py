@@ -77,7 +77,8 @@ rambo_dense_head_loss = dict(
 # the ranked rows. These heads score a detection p x sigmoid(centerness); the map makes the class
 # logit a class probability p, as a focal loss's sigmoid is, before the centerness multiplies it.
 # Ranking the raw sigmoid(logit) x centerness instead (an AP-trained logit's scale is arbitrary)
-# cost the ATSS twin 1.9 mAP / 3.7 AP50 (seed 0, the same weights; README "Quality").
+# cost the ATSS twin 1.6 +- 0.2 mAP / 3.3 +- 0.4 AP50 (3 seeds, the same weights scored both ways;
+# results/quality_atss/calibration/scoring.md, README "Quality").
 rambo_centerness_head_loss = dict(rambo_dense_head_loss, calibration_source='ranked_rows')
 
 # Training signals of every ranking loss in the model, logged at the logger interval like a loss

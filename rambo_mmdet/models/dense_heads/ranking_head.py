@@ -41,7 +41,8 @@ def declare_row_sampling(loss: Optional[nn.Module], sampled: bool) -> None:
 class RankingLossHeadMixin:
     """Mixin (first base) for mmdet dense heads trained with a ranking ``loss_cls``.
 
-    Heads that use it call :meth:`_calibrate_if_due` at the end of their ``loss_by_feat``.
+    Heads that use it without a score factor call :meth:`_calibrate_if_due` at the end of their
+    ``loss_by_feat``.
     """
 
     #: the head ranks all FPN levels of a batch in one ``loss_cls`` call (the tools warn about
@@ -54,7 +55,8 @@ class RankingLossHeadMixin:
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._check_cls_loss()
-        if hasattr(self.loss_cls, 'update_calibration_from_detections'):
+        if (hasattr(self.loss_cls, 'update_calibration_from_detections')
+                and not self.score_has_factor):
             self.loss_cls.detections_from_head = True
 
     def _check_cls_loss(self) -> None:
