@@ -16,6 +16,8 @@
 #   make benchmark-quality-atss  the ATSS twins (stock ATSSHead + focal vs RaMBOATSSHead + the
 #                           shipped dense-head loss), the RetinaNet twins' 4500-iteration schedule,
 #                           seeds 0-2 (-> results/quality_atss/; ~50 min on 2 cores)
+#   make benchmark-quality-fcos  the same for FCOS (stock FCOSHead + focal vs RaMBOFCOSHead)
+#                           (-> results/quality_fcos/; ~50 min on 2 cores)
 #   make benchmark-quality-sgd  the same twins with SGD (momentum 0.9, weight decay 1e-4; lr 0.02
 #                           Faster R-CNN, 0.01 RetinaNet: mmdet's COCO values, which the shipped
 #                           COCO / VOC configs inherit), seeds 0-2 of both twins
@@ -33,7 +35,7 @@ VENV := $(if $(RAMBO_VENV),$(RAMBO_VENV),.venv)
 PYTHON := $(VENV)/bin/python
 
 .PHONY: env test demo pretrained benchmark-loss benchmark-quality benchmark-quality-atss \
-	benchmark-quality-sgd mutation clean-env
+	benchmark-quality-fcos benchmark-quality-sgd mutation clean-env
 
 env:
 	bash tools/setup_env.sh
@@ -63,6 +65,11 @@ benchmark-quality:
 benchmark-quality-atss:
 	$(PYTHON) tools/benchmark_quality.py --detectors atss --iters 4500 \
 		--work-root work_dirs/atss --out-dir results/quality_atss --extra-arms --jobs 2
+	$(PYTHON) tools/results_table.py --readme README.md
+
+benchmark-quality-fcos:
+	$(PYTHON) tools/benchmark_quality.py --detectors fcos --iters 4500 \
+		--work-root work_dirs/fcos --out-dir results/quality_fcos --extra-arms --jobs 2
 	$(PYTHON) tools/results_table.py --readme README.md
 
 SGD := optim_wrapper.optimizer.type=SGD optim_wrapper.optimizer.momentum=0.9 \

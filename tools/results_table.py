@@ -1,7 +1,8 @@
 """Markdown results table (mmdet model-zoo style) from ``tools/benchmark_quality.py``'s JSON.
 
 Reads ``results/quality/quality.json``, ``results/quality_long/quality.json``,
-``results/quality_atss/quality.json`` and the SGD runs' (or the files given; ``summary.arms``: one entry per detector and loss arm,
+``results/quality_atss/quality.json``, ``results/quality_fcos/quality.json`` and the SGD runs'
+(or the files given; ``summary.arms``: one entry per detector and loss arm,
 metrics in points as ``{mean, sd, n, values}`` over seeds; ``runs``: one record per run, with its
 work dir) and prints one row per arm: detector, loss, schedule (training iterations), COCO mAP and
 AP50 as mean ± sample sd (n seeds), iteration time, config and the runs' work dirs (training log
@@ -22,7 +23,8 @@ import sys
 START = '<!-- results-table:start -->'
 END = '<!-- results-table:end -->'
 
-DETECTORS = {'faster_rcnn': 'Faster R-CNN', 'retinanet': 'RetinaNet', 'atss': 'ATSS'}
+DETECTORS = {'faster_rcnn': 'Faster R-CNN', 'retinanet': 'RetinaNet', 'atss': 'ATSS',
+             'fcos': 'FCOS'}
 LOSSES = {
     'ce': 'cross-entropy',
     'focal': 'focal',
@@ -34,11 +36,12 @@ LOSSES = {
 
 
 #: the benchmark's outputs: the 1500-iteration A/B of both twins, the 4500-iteration RetinaNet,
-#: the 4500-iteration ATSS (make benchmark-quality-atss), then the first two with SGD
-#: (make benchmark-quality-sgd)
+#: the 4500-iteration ATSS and FCOS (make benchmark-quality-atss / -fcos), then the first two
+#: with SGD (make benchmark-quality-sgd)
 DEFAULT_SOURCES = (os.path.join('results', 'quality', 'quality.json'),
                    os.path.join('results', 'quality_long', 'quality.json'),
                    os.path.join('results', 'quality_atss', 'quality.json'),
+                   os.path.join('results', 'quality_fcos', 'quality.json'),
                    os.path.join('results', 'quality_sgd', 'faster_rcnn', 'quality.json'),
                    os.path.join('results', 'quality_sgd', 'retinanet', 'quality.json'))
 

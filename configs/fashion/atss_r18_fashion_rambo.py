@@ -3,13 +3,14 @@
 # ATSSHead (same layers, init, ATSS assignment, box and centerness losses, prediction) whose
 # classification loss ranks all anchors of all FPN levels and all images of the batch in one call;
 # it scores p x sigmoid(centerness) as the stock head, with p the loss's calibrated class
-# probability (the centerness-head loss of ../_base_/rambo_losses.py: map fitted on the ranked rows).
+# probability (the centerness-head loss of ../_base_/rambo_losses.py: the map fitted on the
+# ranked rows).
 _base_ = ['./atss_r18_fashion_focal.py', '../_base_/rambo_losses.py']
 
 model = dict(
     bbox_head=dict(
         type='RaMBOATSSHead',
-        # the dense-head loss with a class-probability map (configs/_base_/rambo_losses.py).
+        # the centerness-head loss: tau 7 and a class-probability map (../_base_/rambo_losses.py).
         # ATSS gives 1.7-4.2 % of the anchors a positive label here (12 training batches), around
         # the 1/32 switch of mode 'auto': it takes the balanced gradient (margin 0.15) in some
         # calls and the paper's gradient (margin 0, plus the cross-entropy term) in others.

@@ -142,8 +142,8 @@ def find_per_level_ranking_heads(model: nn.Module) -> List[str]:
     That is: heads with mmdet's per-level ``loss_by_feat_single`` (``AnchorHead`` and most of its
     subclasses, ``ATSSHead``, ``GFLHead``, ...) whose ``loss_cls`` has ``needs_all_samples`` and
     that do not rank all levels in one call (``ranks_all_levels``, set by the package's heads:
-    :class:`AllLevelsClsLossMixin`, ``JoinedLevelsClsLossMixin``). Such a configuration works, but each level is
-    ranked separately (a weaker, per-level AP); the tools log a warning for it.
+    :class:`AllLevelsClsLossMixin`, ``JoinedLevelsClsLossMixin``). Such a configuration works,
+    but each level is ranked separately (a weaker, per-level AP); the tools log a warning.
     """
     found = []
     for name, module in model.named_modules():
