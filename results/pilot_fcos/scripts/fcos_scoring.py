@@ -6,8 +6,9 @@ its centerness. Same weights per seed, test split.
   (fcos_rambo_s*_stock_head.json, --fit none);
 - 'raw product': sigmoid(logit) x centerness (the 'uncalibrated@0' row);
 - 'final-score map': a monotone map of the raw product fitted on training detections
-  (fcos_rambo_s*.json, --fit train with calibration_source='detections' on the final scores):
-  the raw product's order, calibrated."""
+  (fcos_rambo_s*.json, --fit train with calibration_source='detections' on the final scores, a
+  first design of RaMBOFCOSHead at commit 79812da, dropped for this result; the heads now refuse
+  that source): the raw product's order, calibrated."""
 import json, statistics
 from pathlib import Path
 D = Path(__file__).resolve().parents[1] / 'calibration'
