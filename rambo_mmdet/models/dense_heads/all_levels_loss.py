@@ -23,6 +23,7 @@ Shapes, with ``B`` images, ``L`` levels, ``A`` anchors per location, ``C = cls_o
 
 Rows are image-major, then level, then location, then anchor, identically for every tensor.
 """
+import copy
 from typing import Dict, List, Sequence
 
 import torch
@@ -31,6 +32,7 @@ from mmdet.structures.bbox import cat_boxes, get_box_tensor, stack_boxes
 from mmdet.utils import InstanceList, OptInstanceList
 from torch import Tensor, nn
 
+from ...calibration import match_detections
 from .ranking_head import RankingLossHeadMixin, declare_row_sampling, is_ranking_loss
 
 __all__ = ['AllLevelsClsLossMixin', 'is_ranking_loss', 'find_per_level_ranking_heads',
@@ -83,6 +85,8 @@ class AllLevelsClsLossMixin(RankingLossHeadMixin):
         sampler = getattr(self, 'sampler', None)  # only with a train_cfg
         if sampler is not None:
             declare_row_sampling(self.loss_cls, not isinstance(sampler, PseudoSampler))
+        if hasattr(self.loss_cls, 'update_calibration_from_detections'):
+            self.loss_cls.detections_from_head = True
 
     def loss_by_feat(self,
                      cls_scores: List[Tensor],
@@ -131,10 +135,43 @@ class AllLevelsClsLossMixin(RankingLossHeadMixin):
             bbox_pred = get_box_tensor(self.bbox_coder.decode(anchors, bbox_pred))
         loss_bbox = self.loss_bbox(bbox_pred, bbox_targets, bbox_weights, avg_factor=avg_factor)
 
-        self._calibrate_if_due(cls_scores, bbox_preds, batch_gt_instances, batch_img_metas)
+        if (self.training and self._calibrates_on_detections()
+                and self.loss_cls.calibration_due()):
+            self._calibrate_on_detections(cls_scores, bbox_preds, batch_gt_instances,
+                                          batch_img_metas)
 
         cls_key, bbox_key = self.loss_keys
         return {cls_key: loss_cls, bbox_key: loss_bbox}
+
+    @torch.no_grad()
+    def _calibrate_on_detections(self, cls_scores: List[Tensor], bbox_preds: List[Tensor],
+                                 batch_gt_instances: InstanceList,
+                                 batch_img_metas: List[dict]) -> None:
+        """Score calibration on what the detector outputs (``calibration_source='detections'``).
+
+        The head's test-time post-processing (its ``test_cfg``: ``nms_pre``, NMS,
+        ``max_per_img``; ``score_thr`` 0) runs on this batch's detached outputs with the raw
+        sigmoid scores; each detection is correct when it matches a same-class ground-truth box
+        at IoU >= 0.5 (greedily by score), and the loss fits its logit map to that. An anchor's
+        own label says whether the anchor is a positive, which for the many anchors around an
+        object is a different (and much rarer) event than a detection after NMS being correct.
+        """
+        cfg = copy.deepcopy(self.test_cfg)
+        cfg['score_thr'] = 0.0
+        with self.loss_cls.identity_calibration():
+            results = self.predict_by_feat(
+                [score.detach() for score in cls_scores], [pred.detach() for pred in bbox_preds],
+                batch_img_metas=batch_img_metas, cfg=cfg, rescale=False)
+        logits, labels, correct = [], [], []
+        for result, gt in zip(results, batch_gt_instances):
+            gt_boxes = get_box_tensor(gt.bboxes)
+            correct.append(match_detections(result.bboxes, result.labels, result.scores,
+                                            gt_boxes, gt.labels).to(result.scores.device))
+            logits.append(torch.logit(result.scores.double(), eps=1e-12))
+            labels.append(result.labels)
+        self.loss_cls.update_calibration_from_detections(torch.cat(logits), torch.cat(labels),
+                                                         torch.cat(correct))
+
 
 def find_per_level_ranking_heads(model: nn.Module) -> List[str]:
     """Names of submodules of ``model`` that call a ranking loss once per FPN level.

@@ -8,8 +8,8 @@ losses do not change. Use them with a ranking loss::
 
 ``RaMBORetinaHead`` / ``RaMBORPNHead``: :class:`AllLevelsClsLossMixin`; ``RaMBOATSSHead``:
 :class:`JoinedLevelsClsLossMixin`; ``RaMBOFCOSHead``: the stock FCOS loss (already one call).
-All four share :class:`RankingLossHeadMixin` (build checks, calibration on detections for the
-heads without a centerness factor).
+All four share :class:`RankingLossHeadMixin` (build checks); the first two also fit the loss's
+map on their training detections.
 """
 from mmdet.models.dense_heads import ATSSHead, FCOSHead, RetinaHead, RPNHead
 from mmdet.registry import MODELS

@@ -4,24 +4,18 @@
 change how the loss is called; :class:`~.all_levels_loss.AllLevelsClsLossMixin` and
 :class:`~.joined_levels.JoinedLevelsClsLossMixin` do that):
 
-* build-time checks: a ranking loss needs ``use_sigmoid=True`` in the loss config;
-* score calibration on detections (``RaMBOAPLoss(calibration_source='detections')``): on its
-  training calls the head runs its own test-time post-processing on the detached outputs and
-  passes the detections, with whether each is correct, to the loss, which fits its logit map.
-  Heads whose detection score multiplies the class probability by a quality factor
+* build-time checks: a ranking loss needs ``use_sigmoid=True`` in the loss config; heads whose
+  detection score multiplies the class probability by a quality factor
   (:attr:`RankingLossHeadMixin.score_has_factor`: FCOS, ATSS score ``p x sigmoid(centerness)``)
-  refuse that source: there the map must turn the class logit into a class probability
-  (``'ranked_rows'``), which the factor then multiplies, as with a focal loss's sigmoid.
+  refuse a map fitted on detections (``calibration_source='detections'``, which
+  :class:`~.all_levels_loss.AllLevelsClsLossMixin` heads feed): there the map must turn the
+  class logit into a class probability (``'ranked_rows'``), which the factor then multiplies, as
+  with a focal loss's sigmoid;
+* :attr:`RankingLossHeadMixin.ranks_all_levels`, which the tools' per-level warning reads.
 """
-import copy
-from typing import List, Optional
+from typing import Optional
 
-import torch
-from mmdet.structures.bbox import get_box_tensor
-from mmdet.utils import InstanceList
-from torch import Tensor, nn
-
-from ...calibration import match_detections
+from torch import nn
 
 __all__ = ['RankingLossHeadMixin', 'is_ranking_loss', 'declare_row_sampling']
 
@@ -39,11 +33,7 @@ def declare_row_sampling(loss: Optional[nn.Module], sampled: bool) -> None:
 
 
 class RankingLossHeadMixin:
-    """Mixin (first base) for mmdet dense heads trained with a ranking ``loss_cls``.
-
-    Heads that use it without a score factor call :meth:`_calibrate_if_due` at the end of their
-    ``loss_by_feat``.
-    """
+    """Mixin (first base) for mmdet dense heads trained with a ranking ``loss_cls``."""
 
     #: the head ranks all FPN levels of a batch in one ``loss_cls`` call (the tools warn about
     #: heads with a ranking loss that do not)
@@ -55,9 +45,6 @@ class RankingLossHeadMixin:
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._check_cls_loss()
-        if (hasattr(self.loss_cls, 'update_calibration_from_detections')
-                and not self.score_has_factor):
-            self.loss_cls.detections_from_head = True
 
     def _check_cls_loss(self) -> None:
         """Raise ``ValueError`` at build time for a loss this head cannot use."""
@@ -82,42 +69,3 @@ class RankingLossHeadMixin:
         loss = self.loss_cls
         return (getattr(loss, 'calibration', None) is not None
                 and getattr(loss, 'calibration_source', None) == 'detections')
-
-    def _calibrate_if_due(self, cls_scores: List[Tensor], bbox_preds: List[Tensor],
-                          batch_gt_instances: InstanceList, batch_img_metas: List[dict]) -> None:
-        """On training calls the loss says are due (every ``calibration_interval``-th), fit the
-        loss's map on this batch's detections (:meth:`_calibrate_on_detections`)."""
-        if (self.training and self._calibrates_on_detections()
-                and self.loss_cls.calibration_due()):
-            self._calibrate_on_detections(cls_scores, bbox_preds, batch_gt_instances,
-                                          batch_img_metas)
-
-    @torch.no_grad()
-    def _calibrate_on_detections(self, cls_scores: List[Tensor], bbox_preds: List[Tensor],
-                                 batch_gt_instances: InstanceList,
-                                 batch_img_metas: List[dict]) -> None:
-        """Score calibration on what the detector outputs (``calibration_source='detections'``).
-
-        The head's test-time post-processing (its ``test_cfg``: ``nms_pre``, NMS,
-        ``max_per_img``; ``score_thr`` 0) runs on this batch's detached outputs with the raw
-        sigmoid scores; each detection is correct when it matches a same-class ground-truth box
-        at IoU >= 0.5 (greedily by score), and the loss fits its logit map to that.
-        An anchor's own label says whether the anchor is a positive, which for the many anchors
-        around an object is a different (and much rarer) event than a detection after NMS being
-        correct.
-        """
-        cfg = copy.deepcopy(self.test_cfg)
-        cfg['score_thr'] = 0.0
-        with self.loss_cls.identity_calibration():
-            results = self.predict_by_feat(
-                [score.detach() for score in cls_scores], [pred.detach() for pred in bbox_preds],
-                batch_img_metas=batch_img_metas, cfg=cfg, rescale=False)
-        logits, labels, correct = [], [], []
-        for result, gt in zip(results, batch_gt_instances):
-            gt_boxes = get_box_tensor(gt.bboxes)
-            correct.append(match_detections(result.bboxes, result.labels, result.scores,
-                                            gt_boxes, gt.labels).to(result.scores.device))
-            logits.append(torch.logit(result.scores.double(), eps=1e-12))
-            labels.append(result.labels)
-        self.loss_cls.update_calibration_from_detections(torch.cat(logits), torch.cat(labels),
-                                                         torch.cat(correct))

@@ -535,16 +535,11 @@ class RaMBOAPLoss(nn.Module):
         ``a * logit (+ b)`` could merge neighbouring logits into ties (e.g. logits near -4
         times a = 10: the product's float32 spacing exceeds the scaled spacing of the logits),
         and ties reorder NMS / top-k selections."""
-        if not self._map_applies():
+        if (self.calibration is None or getattr(self, '_identity', False)
+                or bool((self.calib_scale == 1).all() & (self.calib_bias == 0).all())):
             return None
         return calibrate_logits(cls_score.double(), self.calib_scale.double(),
                                 self.calib_bias.double())
-
-    def _map_applies(self) -> bool:
-        """Whether scores go through the map now (not with ``calibration=None``, inside
-        :meth:`identity_calibration`, or while the map is the identity)."""
-        return not (self.calibration is None or getattr(self, '_identity', False)
-                    or bool((self.calib_scale == 1).all() & (self.calib_bias == 0).all()))
 
     def get_activation(self, cls_score: Tensor) -> Tensor:
         """``[N, C]`` logits -> ``[N, C + 1]`` scores: sigmoid of the calibrated logits (the
