@@ -19,9 +19,10 @@
 #   make benchmark-quality-fcos  the same for FCOS (stock FCOSHead + focal vs RaMBOFCOSHead)
 #                           (-> results/quality_fcos/; ~50 min on 2 cores)
 #   make benchmark-quality-sgd  the same twins with SGD (momentum 0.9, weight decay 1e-4; lr 0.02
-#                           Faster R-CNN, 0.01 RetinaNet: mmdet's COCO values, which the shipped
-#                           COCO / VOC configs inherit), seeds 0-2 of both twins
-#                           (-> results/quality_sgd/; ~2 h on this session's 2 cores)
+#                           Faster R-CNN, 0.01 RetinaNet / ATSS / FCOS, FCOS's biases at 2x lr
+#                           without decay: mmdet's COCO values, which the shipped COCO / VOC
+#                           configs inherit), seeds 0-2 of every twin
+#                           (-> results/quality_sgd/; ~3.5 h on 2 cores)
 #   make mutation           mutation testing (mutmut, tools/mutation.py) of rambo_mmdet/ranking/
 #                           (every mutant) and rambo_mmdet/models/ (a 1-in-5 sample), on a
 #                           temporary copy of the tree -> results/mutation.{json,md}; NOT in CI:
@@ -74,6 +75,9 @@ benchmark-quality-fcos:
 
 SGD := optim_wrapper.optimizer.type=SGD optim_wrapper.optimizer.momentum=0.9 \
 	optim_wrapper.optimizer.weight_decay=0.0001
+# mmdet's FCOS recipe (fcos_r50-caffe_fpn_gn-head_1x_coco.py): biases at twice the lr, no decay
+FCOS_BIAS := optim_wrapper.paramwise_cfg.bias_lr_mult=2.0 \
+	optim_wrapper.paramwise_cfg.bias_decay_mult=0.0
 
 benchmark-quality-sgd:
 	$(PYTHON) tools/benchmark_quality.py --detectors faster_rcnn --seeds 0 1 2 --extra-arms --jobs 2 \
@@ -82,6 +86,12 @@ benchmark-quality-sgd:
 	$(PYTHON) tools/benchmark_quality.py --detectors retinanet --seeds 0 1 2 --iters 4500 --extra-arms \
 		--jobs 2 --work-root work_dirs/quality_sgd --out-dir results/quality_sgd/retinanet \
 		--cfg-options $(SGD) optim_wrapper.optimizer.lr=0.01
+	$(PYTHON) tools/benchmark_quality.py --detectors atss --seeds 0 1 2 --iters 4500 --extra-arms \
+		--jobs 2 --work-root work_dirs/quality_sgd_atss --out-dir results/quality_sgd/atss \
+		--cfg-options $(SGD) optim_wrapper.optimizer.lr=0.01
+	$(PYTHON) tools/benchmark_quality.py --detectors fcos --seeds 0 1 2 --iters 4500 --extra-arms \
+		--jobs 2 --work-root work_dirs/quality_sgd_fcos --out-dir results/quality_sgd/fcos \
+		--cfg-options $(SGD) optim_wrapper.optimizer.lr=0.01 $(FCOS_BIAS)
 	$(PYTHON) tools/results_table.py --readme README.md
 
 mutation: env

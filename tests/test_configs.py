@@ -52,7 +52,7 @@ def without_pretrained(model_cfg):
 
 def test_all_expected_configs_are_shipped():
     names = {config_name(p) for p in CONFIGS}
-    assert {'faster_rcnn_rambo.py', 'retinanet_rambo.py', 'atss_rambo.py',
+    assert {'faster_rcnn_rambo.py', 'retinanet_rambo.py', 'atss_rambo.py', 'fcos_rambo.py',
             'faster_rcnn_rambo_voc0712.py',
             'retinanet_rambo_voc0712.py', 'faster_rcnn_rambo_voc0712_cocofmt.py'} <= names
 
@@ -64,20 +64,21 @@ def test_config_loads_with_shipped_loss(path):
     assert not cfg.custom_imports.allow_failed_imports
     head = rambo_head_cfg(cfg)
     loss = head.loss_cls.to_dict()
-    # tau 7 in RoI heads and centerness heads (ATSS), none in RetinaNet
-    tau = 7 if 'roi_head' in cfg.model or head.type == 'RaMBOATSSHead' else 0
+    # tau 7 in RoI heads and centerness heads (ATSS, FCOS), none in RetinaNet
+    centerness = head.type in ('RaMBOATSSHead', 'RaMBOFCOSHead')
+    tau = 7 if 'roi_head' in cfg.model or centerness else 0
     # _delete_ dropped the stock CE/focal keys
-    # dense heads: the map fitted on detections; centerness heads (ATSS): a class-probability
-    # map, fitted on the ranked rows (the centerness multiplies it)
+    # dense heads: the map fitted on detections; centerness heads (ATSS, FCOS): a
+    # class-probability map, fitted on the ranked rows (the centerness multiplies it)
     dense = {} if 'roi_head' in cfg.model else dict(
-        calibration_source='ranked_rows' if head.type == 'RaMBOATSSHead' else 'detections')
+        calibration_source='ranked_rows' if centerness else 'detections')
     assert loss == pytest.approx(dict(SHIPPED, memory_batches=tau, **dense)), loss
     if 'roi_head' in cfg.model:
         # calibrated scores: mmdet's stock test thresholds (score_thr 0.05)
         assert cfg.model.test_cfg.rcnn.score_thr == 0.05
         assert cfg.model.test_cfg.rcnn.max_per_img == 100
     else:
-        assert head.type in ('RaMBORetinaHead', 'RaMBOATSSHead')
+        assert head.type in ('RaMBORetinaHead', 'RaMBOATSSHead', 'RaMBOFCOSHead')
         assert cfg.model.test_cfg.score_thr == 0.0
         assert cfg.model.test_cfg.max_per_img == 100
     if 'voc0712' in path:
@@ -139,8 +140,10 @@ def one_thread():
 @pytest.mark.parametrize('name, rambo_rpn', [('faster_rcnn_rambo.py', False),
                                              ('faster_rcnn_rambo.py', True),
                                              ('retinanet_rambo.py', False),
-                                             ('atss_rambo.py', False)],
-                         ids=['faster_rcnn', 'faster_rcnn_rambo_rpn', 'retinanet', 'atss'])
+                                             ('atss_rambo.py', False),
+                                             ('fcos_rambo.py', False)],
+                         ids=['faster_rcnn', 'faster_rcnn_rambo_rpn', 'retinanet', 'atss',
+                              'fcos'])
 def test_r18_loss_backward_predict(name, rambo_rpn, one_thread):
     model = small_model(osp.join(ROOT, 'configs', name), rambo_rpn)
     if rambo_rpn:
@@ -162,7 +165,9 @@ def test_r18_loss_backward_predict(name, rambo_rpn, one_thread):
         assert 'loss_rpn_cls' in losses and 'acc' in losses
     else:
         head = model.bbox_head
-        grad = (head.retina_cls if hasattr(head, 'retina_cls') else head.atss_cls).weight.grad
+        classifier = next(getattr(head, name) for name in ('retina_cls', 'atss_cls', 'conv_cls')
+                          if hasattr(head, name))
+        grad = classifier.weight.grad
     # the blackbox gradient is sparse (zero where the perturbed ranking equals the ranking),
     # but it reaches the classifier here (fixed seeds)
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0

@@ -150,3 +150,17 @@ def test_an_optimiser_set_on_the_command_line_is_named_in_the_schedule(quality_j
     lines, rows = _table_after(quality_json, tmp_path / 'sgd.json', sgd)
     assert rows[:2] == ROWS  # the config's optimiser: not named
     assert rows[2:] == [row.replace('| 300 it |', '| 300 it, SGD lr 0.02 |') for row in ROWS]
+
+
+def test_a_bias_lr_multiplier_set_on_the_command_line_is_named_with_the_optimiser(quality_json,
+                                                                                  tmp_path):
+    # mmdet's FCOS recipe: biases at twice the lr (make benchmark-quality-sgd's FCOS twins)
+    sgd = json.loads(json.dumps(QUALITY))
+    for run in sgd['runs']:
+        run['cfg_options'] += ['optim_wrapper.optimizer.type=SGD',
+                               'optim_wrapper.optimizer.lr=0.01',
+                               'optim_wrapper.paramwise_cfg.bias_lr_mult=2.0',
+                               'optim_wrapper.paramwise_cfg.bias_decay_mult=0.0']
+    lines, rows = _table_after(quality_json, tmp_path / 'sgd.json', sgd)
+    assert rows[2:] == [row.replace('| 300 it |', '| 300 it, SGD lr 0.01, bias lr x2.0 |')
+                        for row in ROWS]

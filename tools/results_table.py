@@ -36,14 +36,16 @@ LOSSES = {
 
 
 #: the benchmark's outputs: the 1500-iteration A/B of both twins, the 4500-iteration RetinaNet,
-#: the 4500-iteration ATSS and FCOS (make benchmark-quality-atss / -fcos), then the first two
-#: with SGD (make benchmark-quality-sgd)
+#: the 4500-iteration ATSS and FCOS (make benchmark-quality-atss / -fcos), then all four with SGD
+#: (make benchmark-quality-sgd)
 DEFAULT_SOURCES = (os.path.join('results', 'quality', 'quality.json'),
                    os.path.join('results', 'quality_long', 'quality.json'),
                    os.path.join('results', 'quality_atss', 'quality.json'),
                    os.path.join('results', 'quality_fcos', 'quality.json'),
                    os.path.join('results', 'quality_sgd', 'faster_rcnn', 'quality.json'),
-                   os.path.join('results', 'quality_sgd', 'retinanet', 'quality.json'))
+                   os.path.join('results', 'quality_sgd', 'retinanet', 'quality.json'),
+                   os.path.join('results', 'quality_sgd', 'atss', 'quality.json'),
+                   os.path.join('results', 'quality_sgd', 'fcos', 'quality.json'))
 
 
 def parse_args(argv=None):
@@ -95,15 +97,18 @@ def _schedule(data, runs):
 
 def _optimiser(runs):
     """The optimiser the runs set on the command line (``optim_wrapper.optimizer.type`` and
-    ``.lr`` cfg-options), e.g. ``'SGD lr 0.01'``; ``''`` when they keep the config's."""
+    ``.lr`` cfg-options, plus a bias lr multiplier), e.g. ``'SGD lr 0.01'`` or
+    ``'SGD lr 0.01, bias lr x2.0'``; ``''`` when they keep the config's."""
     found = set()
     for r in runs:
         opts = dict(o.split('=', 1) for o in r.get('cfg_options', [])
-                    if o.startswith('optim_wrapper.optimizer.') and '=' in o)
+                    if o.startswith('optim_wrapper.') and '=' in o)
         kind = opts.get('optim_wrapper.optimizer.type')
         if kind:
             lr = opts.get('optim_wrapper.optimizer.lr')
-            found.add(kind + (f' lr {lr}' if lr else ''))
+            bias_mult = opts.get('optim_wrapper.paramwise_cfg.bias_lr_mult')
+            found.add(kind + (f' lr {lr}' if lr else '')
+                      + (f', bias lr x{bias_mult}' if bias_mult else ''))
     return ' / '.join(sorted(found))
 
 
