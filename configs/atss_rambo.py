@@ -7,7 +7,7 @@
 # probability (rambo_centerness_head_loss: the map fitted on the ranked rows; ranking the raw
 # sigmoid(logit) x centerness cost the FashionDet ATSS twin 1.6 mAP, see _base_/rambo_losses.py).
 # Measured on that twin (configs/fashion/atss_r18_fashion_*.py, 4500 iterations, 3 seeds):
-# mAP 32.9 +- 0.4 vs focal 29.3 +- 0.4 (results/quality_atss/, README "Quality").
+# mAP 33.5 +- 0.5 vs focal 29.3 +- 0.4 (results/quality_atss/, README "Quality").
 _base_ = ['mmdet::atss/atss_r50_fpn_1x_coco.py', './_base_/rambo_losses.py',
           './_base_/imagenet_weights.py']
 

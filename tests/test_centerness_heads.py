@@ -138,12 +138,19 @@ def test_ranking_loss_with_softmax_fails_at_build(head):
         MODELS.build(dict(type=head, **cfg))
 
 
-def test_fcos_losses_are_the_stock_heads():
-    stock, ours = build_pair('FCOSHead', 'RaMBOFCOSHead', fcos_cfg(dict(RANKING,
-                                                                       calibration=None)))
+def test_fcos_losses_are_the_stock_heads_once_its_loss_knows_every_point_is_ranked():
+    cfg = fcos_cfg(dict(RANKING, calibration=None))
+    stock, ours = build_pair('FCOSHead', 'RaMBOFCOSHead', cfg)
+    undeclared = MODELS.build(dict(type='FCOSHead', **copy.deepcopy(cfg)))
+    undeclared.load_state_dict(stock.state_dict())
     feats, gts, metas = make_batch(STRIDES)
-    expected = stock.loss_by_feat(*stock(feats), gts, metas)
     got = ours.loss_by_feat(*ours(feats), gts, metas)
+    stock.loss_cls.sampled_rows = False
+    expected = stock.loss_by_feat(*stock(feats), gts, metas)
+    # this batch has more than 1/32 positive points: undeclared, mode 'auto' takes the RoI-head
+    # regime (the paper's gradient plus the cross-entropy term) and the loss differs
+    other = undeclared.loss_by_feat(*undeclared(feats), gts, metas)
+    assert not torch.equal(got['loss_cls'], other['loss_cls'])
     assert set(got) == set(expected)
     assert all(torch.equal(got[k], expected[k]) for k in got)
 
@@ -154,6 +161,18 @@ def test_centerness_heads_refuse_a_map_fitted_on_detections(head_type):
     cfg = atss_cfg(loss_cfg) if head_type == 'RaMBOATSSHead' else fcos_cfg(loss_cfg)
     with pytest.raises(ValueError, match="centerness.*calibration_source='ranked_rows'"):
         MODELS.build(dict(type=head_type, **cfg))
+
+
+def test_centerness_heads_tell_the_loss_that_every_point_is_ranked():
+    # mode 'auto' then takes the dense heads' balanced gradient in every call (tests/test_modes.py)
+    # instead of switching regime per batch at 2-5 % positives; the stock heads do not say
+    atss = MODELS.build(dict(type='RaMBOATSSHead', **atss_cfg(RANKING)))  # its PseudoSampler
+    fcos = MODELS.build(dict(type='RaMBOFCOSHead', **fcos_cfg(RANKING)))  # no sampler
+    assert atss.loss_cls.sampled_rows is False and fcos.loss_cls.sampled_rows is False
+    stock = MODELS.build(dict(type='FCOSHead', **fcos_cfg(RANKING)))
+    assert stock.loss_cls.sampled_rows is None
+    test_only = MODELS.build(dict(type='RaMBOATSSHead', **dict(atss_cfg(RANKING), train_cfg=None)))
+    assert test_only.loss_cls.sampled_rows is None  # an anchor head's sampler needs a train_cfg
 
 
 def test_atss_updates_the_class_map_once_per_batch():

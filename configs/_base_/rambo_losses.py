@@ -74,13 +74,18 @@ rambo_dense_head_loss = dict(
     calibration_source='detections')
 
 # Centerness heads (RaMBOATSSHead, RaMBOFCOSHead): the dense-head loss with the paper's score
-# memory (tau 7) and the map fitted on the ranked rows. The memory: ATSS and FCOS label 2-5 % of
-# their points positive here (RetinaNet ~0.3 %), so mode 'auto' takes the RoI-head regime in many
-# or all calls, and there the memory helped: 3 seeds each, 4500 iterations, test mAP ATSS 32.9 +-
-# 0.4 with it vs 31.7 +- 0.3 without (focal 29.3), FCOS 29.3 +- 0.5 vs 26.7 +- 0.4 (focal 26.5)
-# (results/quality_{atss,fcos}/memory_ablation.md). The map: these heads score a detection
-# p x sigmoid(centerness); the map makes the class
-# logit a class probability p, as a focal loss's sigmoid is, before the centerness multiplies it.
+# memory (tau 7) and the map fitted on the ranked rows. The heads tell the loss that they rank
+# every anchor / point (RaMBOAPLoss.sampled_rows False), so mode 'auto' takes the dense heads'
+# balanced gradient in every call, although ATSS and FCOS label 2-5 % of their points positive
+# here (RetinaNet ~0.3 %), above the 1/32 at which an undeclared head's calls switch to the
+# RoI-head regime: 3 seeds each, 4500 iterations, test mAP ATSS 33.5 +- 0.5 and FCOS 30.8 +-
+# 0.6 declared vs 32.9 +- 0.4 and 29.3 +- 0.5 switching per call (focal 29.3, 26.5; ahead of
+# the per-call switch on every seed; README "Quality"); forcing the RoI-head regime did not
+# train ATSS (validation mAP 6.1 at 2250 iterations, 21.8 switching). The memory was measured
+# with the per-call switch: ATSS 32.9 +- 0.4 with it vs 31.7 +- 0.3 without, FCOS 29.3 +- 0.5 vs
+# 26.7 +- 0.4 (results/quality_{atss,fcos}/memory_ablation.md). The map: these heads score a
+# detection p x sigmoid(centerness); the map makes the class logit a class probability p, as a
+# focal loss's sigmoid is, before the centerness multiplies it.
 # Ranking the raw sigmoid(logit) x centerness instead (an AP-trained logit's scale is arbitrary)
 # cost the ATSS twin 1.6 +- 0.2 mAP / 3.3 +- 0.4 AP50 (3 seeds, the same weights scored both ways;
 # results/quality_atss/calibration/scoring.md, README "Quality").

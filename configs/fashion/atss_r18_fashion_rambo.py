@@ -12,6 +12,6 @@ model = dict(
         type='RaMBOATSSHead',
         # the centerness-head loss: tau 7 and a class-probability map (../_base_/rambo_losses.py).
         # ATSS gives 1.7-4.2 % of the anchors a positive label here (12 training batches), around
-        # the 1/32 switch of mode 'auto': it takes the balanced gradient (margin 0.15) in some
-        # calls and the paper's gradient (margin 0, plus the cross-entropy term) in others.
+        # the 1/32 switch of mode 'auto'; the head tells the loss it ranks every anchor (its
+        # PseudoSampler), so every call takes the balanced gradient (margin 0.15).
         loss_cls={{_base_.rambo_centerness_head_loss}}))

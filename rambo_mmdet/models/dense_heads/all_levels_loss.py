@@ -27,13 +27,12 @@ import copy
 from typing import Dict, List, Sequence
 
 import torch
-from mmdet.models.task_modules.samplers import PseudoSampler
 from mmdet.structures.bbox import cat_boxes, get_box_tensor, stack_boxes
 from mmdet.utils import InstanceList, OptInstanceList
 from torch import Tensor, nn
 
 from ...calibration import match_detections
-from .ranking_head import RankingLossHeadMixin, declare_row_sampling, is_ranking_loss
+from .ranking_head import RankingLossHeadMixin, is_ranking_loss
 
 __all__ = ['AllLevelsClsLossMixin', 'is_ranking_loss', 'find_per_level_ranking_heads',
            'find_softmax_ranking_heads']
@@ -82,9 +81,6 @@ class AllLevelsClsLossMixin(RankingLossHeadMixin):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        sampler = getattr(self, 'sampler', None)  # only with a train_cfg
-        if sampler is not None:
-            declare_row_sampling(self.loss_cls, not isinstance(sampler, PseudoSampler))
         if hasattr(self.loss_cls, 'update_calibration_from_detections'):
             self.loss_cls.detections_from_head = True
 

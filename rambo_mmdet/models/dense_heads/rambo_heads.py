@@ -85,6 +85,7 @@ class RaMBOFCOSHead(RankingLossHeadMixin, FCOSHead):
     """
 
     score_has_factor = True
+    rows_sampled = False  # every point of every level is ranked (FCOS has no sampler)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
         """mmdet's ``AnchorFreeHead`` renames, in a state dict without version metadata (e.g. a

@@ -11,10 +11,16 @@ change how the loss is called; :class:`~.all_levels_loss.AllLevelsClsLossMixin` 
   :class:`~.all_levels_loss.AllLevelsClsLossMixin` heads feed): there the map must turn the
   class logit into a class probability (``'ranked_rows'``), which the factor then multiplies, as
   with a focal loss's sigmoid;
-* :attr:`RankingLossHeadMixin.ranks_all_levels`, which the tools' per-level warning reads.
+* :attr:`RankingLossHeadMixin.ranks_all_levels`, which the tools' per-level warning reads;
+* telling the loss whether the ranked rows are a bounded sample (``RaMBOAPLoss.sampled_rows``,
+  which mode ``'auto'`` keys its gradient regime on): a sampler other than mmdet's
+  ``PseudoSampler`` picks a bounded set of anchors (an RPN: the RoI-head regime); a
+  ``PseudoSampler`` (RetinaNet, ATSS) or no sampler at all (:attr:`rows_sampled` False: FCOS)
+  ranks every anchor or point (the dense regime).
 """
 from typing import Optional
 
+from mmdet.models.task_modules.samplers import PseudoSampler
 from torch import nn
 
 __all__ = ['RankingLossHeadMixin', 'is_ranking_loss', 'declare_row_sampling']
@@ -41,10 +47,23 @@ class RankingLossHeadMixin:
     #: the detection score is the class probability times a factor (centerness): the loss's map
     #: must be a class probability (``calibration_source='ranked_rows'``)
     score_has_factor = False
+    #: whether the ranked rows are a bounded sample when the head has no sampler to tell
+    #: (``None``: unknown; anchor heads build their sampler only with a train_cfg)
+    rows_sampled: Optional[bool] = None
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._check_cls_loss()
+        self._declare_row_sampling()
+
+    def _declare_row_sampling(self) -> None:
+        """Tell the loss (``RaMBOAPLoss.sampled_rows``) whether the ranked rows are a bounded
+        sample: by the head's sampler where it has one, else by :attr:`rows_sampled`."""
+        sampler = getattr(self, 'sampler', None)
+        sampled = self.rows_sampled if sampler is None else \
+            not isinstance(sampler, PseudoSampler)
+        if sampled is not None:
+            declare_row_sampling(self.loss_cls, sampled)
 
     def _check_cls_loss(self) -> None:
         """Raise ``ValueError`` at build time for a loss this head cannot use."""

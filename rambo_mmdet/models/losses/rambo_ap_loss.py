@@ -290,7 +290,8 @@ class RaMBOAPLoss(nn.Module):
     #: rather than every anchor (dense heads without a sampler). Mode ``'auto'`` then takes the
     #: paper's gradient regime (``True``) or the balanced one (``False``) whatever the positive
     #: fraction of a call; ``None`` (a head that does not say): the fraction decides per call.
-    #: Set by the heads: ``AllLevelsClsLossMixin`` (from its sampler) and the RoI box head
+    #: Set by the heads: the package's dense heads (``RankingLossHeadMixin``: from the sampler;
+    #: FCOS, without one: every point) and the RoI box head
     #: (:mod:`rambo_mmdet.models.bbox_head_patch`).
     sampled_rows: Optional[bool] = None
     custom_cls_channels = True
