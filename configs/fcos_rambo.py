@@ -1,8 +1,8 @@
 # FCOS R50-caffe-FPN (GN head) 1x COCO trained with RaMBO (AP loss) instead of the focal loss.
 #
 # RaMBOFCOSHead is mmdet's FCOSHead (its classification loss already sees all points of all FPN
-# levels and all images in one call) plus the package's build checks and a checkpoint-loading fix
-# (README "Heads"). It scores p x sigmoid(centerness) as the stock head, with p the loss's
+# levels and all images in one call) plus the package's build checks, a checkpoint-loading fix
+# and telling the loss that it ranks every point (README "Heads"). It scores p x sigmoid(centerness) as the stock head, with p the loss's
 # calibrated class probability (rambo_centerness_head_loss, see _base_/rambo_losses.py).
 # Measured on the FashionDet twin (configs/fashion/fcos_r18_fashion_*.py, 4500 iterations,
 # 3 seeds): mAP 30.8 +- 0.6 vs focal 26.5 +- 0.2 (results/quality_fcos/, README "Quality").

@@ -1,6 +1,7 @@
 # FCOS R18-FPN on FashionDet with the stock FCOSHead + FocalLoss: the baseline twin of
 # fcos_r18_fashion_rambo.py, which differs ONLY in the head type (RaMBOFCOSHead: the stock head
-# with the package's checks) and loss_cls (README "Quality", FCOS).
+# with the package's checks, telling the loss that it ranks every point) and loss_cls (README
+# "Quality", FCOS).
 #
 # Built on retinanet_r18_fashion_focal.py (backbone, FPN, data, schedule, runtime: the same
 # budget choices, see that file) with the detector and head of mmdet's

@@ -8,8 +8,8 @@ losses do not change. Use them with a ranking loss::
 
 ``RaMBORetinaHead`` / ``RaMBORPNHead``: :class:`AllLevelsClsLossMixin`; ``RaMBOATSSHead``:
 :class:`JoinedLevelsClsLossMixin`; ``RaMBOFCOSHead``: the stock FCOS loss (already one call).
-All four share :class:`RankingLossHeadMixin` (build checks); the first two also fit the loss's
-map on their training detections.
+All four share :class:`RankingLossHeadMixin` (build checks; telling the loss whether their rows
+are a bounded sample); the first two also fit the loss's map on their training detections.
 """
 from mmdet.models.dense_heads import ATSSHead, FCOSHead, RetinaHead, RPNHead
 from mmdet.registry import MODELS
@@ -63,9 +63,11 @@ class RaMBOATSSHead(JoinedLevelsClsLossMixin, ATSSHead):
 
     The stock loss code runs unchanged (ATSS assignment, GIoU on decoded boxes weighted by the
     centerness targets, centerness loss); only its per-level ``loss_cls`` calls become one call
-    (:class:`JoinedLevelsClsLossMixin`). Prediction is the stock head's: ``p x
-    sigmoid(centerness)``, with ``p`` the loss's calibrated class probability (its map fitted on
-    the ranked rows, ``calibration_source='ranked_rows'``; ``'detections'`` is refused).
+    (:class:`JoinedLevelsClsLossMixin`), and the head tells the loss that it ranks every anchor
+    (its ``PseudoSampler``: the balanced gradient in every call). Prediction is the stock
+    head's: ``p x sigmoid(centerness)``, with ``p`` the loss's calibrated class probability (its
+    map fitted on the ranked rows, ``calibration_source='ranked_rows'``; ``'detections'`` is
+    refused).
 
     Losses: ``loss_cls`` (scalar), ``loss_bbox`` and ``loss_centerness`` (per level, stock).
     """
@@ -79,7 +81,10 @@ class RaMBOFCOSHead(RankingLossHeadMixin, FCOSHead):
     with the package's checks: a ranking loss needs ``use_sigmoid=True`` and a class-probability
     map (``calibration_source='ranked_rows'``, which the centerness multiplies); and a state dict
     without version metadata loads the loss's calibration buffers (see
-    :meth:`_load_from_state_dict`). Training and prediction are the stock head's.
+    :meth:`_load_from_state_dict`). It tells the loss that it ranks every point
+    (:attr:`rows_sampled` False: mode ``'auto'`` takes the balanced gradient in every call; the
+    stock head does not say, and its calls with more than 1/32 positives take the RoI-head
+    regime). Otherwise training and prediction are the stock head's.
 
     Losses: the stock head's (``loss_cls``, ``loss_bbox``, ``loss_centerness``).
     """
