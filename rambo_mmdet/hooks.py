@@ -13,12 +13,18 @@ positives and negatives and, for a loss with score calibration, its learned map 
     Iter(train) [20/800] ... roi_head.bbox_head/ap_map: 0.3120  roi_head.bbox_head/ap_apc: 0.2051
     roi_head.bbox_head/grad_frac: 0.3571  roi_head.bbox_head/pos_mean: 0.4410 ...
 
+It also warns, once per loss, when the ranked logits drift away (see
+:data:`LOGIT_DRIFT_LIMIT`): a ranking loss does not hold the logits' level, so a head whose
+gradient does not either (the dense heads' balanced gradient without a score memory, in the
+ATSS / FCOS twins) can push all of them up together, and then it does not train.
+
 Use them in a config (``rambo_mmdet`` must be imported, e.g. through ``custom_imports``)::
 
     custom_hooks = [dict(type='NameRankingLossesHook'), dict(type='RankingLossStatsHook')]
 """
 import math
 import re
+import warnings
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -50,6 +56,13 @@ class NameRankingLossesHook(Hook):
 
 #: Statistics a ranking loss records (see ``RaMBOAPLoss._record_stats``), in log order.
 STATS = ('ap_map', 'ap_apc', 'grad_frac', 'pos_mean', 'pos_std', 'neg_mean', 'neg_std')
+#: :class:`RankingLossStatsHook` warns when the mean logit over the positives or over the
+#: negatives of a loss's last call is larger than this in magnitude. The FashionDet twins' RaMBO
+#: heads stay within about +-15 (dense heads' means about -3 / -5, the box head's about -1 / -9;
+#: a box-head pilot with 4x the ranking weight dipped to -34 and recovered); the ATSS / FCOS
+#: twins without the score memory passed 100 within 200-400 iterations and reached thousands
+#: (README "Score memory").
+LOGIT_DRIFT_LIMIT = 100.0
 
 
 def calibration_keys(loss) -> Dict[str, str]:
@@ -141,6 +154,7 @@ class RankingLossStatsHook(Hook):
         self._losses: Dict[str, object] = {}
         self._logger_hook: Optional[LoggerHook] = None
         self._recording = False
+        self._drift_warned: set = set()
 
     def before_run(self, runner) -> None:
         self._losses = ranking_loss_stat_prefixes(runner.model)
@@ -190,7 +204,32 @@ class RankingLossStatsHook(Hook):
             for name, value in zip(names, values):
                 if math.isfinite(value):
                     runner.message_hub.update_scalar(f'train/{prefix}/{name}', value)
+            self._check_drift(runner, prefix, loss, dict(zip(names, values)))
         self._recording = False
+
+    def _check_drift(self, runner, prefix: str, loss, values: Dict[str, float]) -> None:
+        """Warn once per loss when the mean logit of its positives or of its negatives is
+        beyond :data:`LOGIT_DRIFT_LIMIT` (through ``runner.logger``, else ``warnings.warn``)."""
+        means = {key: values[key] for key in ('pos_mean', 'neg_mean')
+                 if key in values and math.isfinite(values[key])}
+        if prefix in self._drift_warned or not any(
+                abs(value) > LOGIT_DRIFT_LIMIT for value in means.values()):
+            return
+        self._drift_warned.add(prefix)
+        found = ' and '.join(
+            f'{value:.4g} over the {"positives" if key == "pos_mean" else "negatives"}'
+            for key, value in means.items())
+        message = (f'RankingLossStatsHook: the logits that {getattr(loss, "name", prefix)} '
+                   f'ranks drifted to a mean of {found} (beyond +-{LOGIT_DRIFT_LIMIT:g}). A '
+                   f"ranking loss does not hold the logits' level, and the head is probably not "
+                   f'learning; with the balanced gradient (dense heads) keep the score memory '
+                   f"(memory_batches > 0; the ATSS / FCOS heads' shipped loss has 7) or add a "
+                   f'pointwise term (focal_weight > 0). See README.md, "Score memory".')
+        logger = getattr(runner, 'logger', None)
+        if logger is not None:
+            logger.warning(message)
+        else:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def after_train(self, runner) -> None:
         for loss in self._losses.values():

@@ -7,6 +7,8 @@
 * The hook also logs each loss's calibration map (global: ``calib_scale``/``calib_bias``,
   per class: their class means ``*_mean``) with the buffers' values, and nothing for a loss
   with ``calibration=None``.
+* The hook warns once per loss when the mean logit of the positives or negatives passes
+  ``LOGIT_DRIFT_LIMIT`` (not at 0.99 of it), through the runner's logger or ``warnings``.
 * Key prefixes: module paths without the ``loss*`` component (mmengine averages keys with
   ``loss`` in them).
 * In a real mmengine Runner the hook records exactly on the iterations the LoggerHook logs (or
@@ -222,6 +224,69 @@ def test_hook_skips_undefined_values_and_resets_the_flag():
     assert logged == {'train/rank_cls/grad_frac', 'train/rank_cls/neg_mean',
                       'train/rank_cls/neg_std',  # and the calibration map (always defined)
                       'train/rank_cls/calib_scale', 'train/rank_cls/calib_bias'}
+
+
+# ------------------------------------------------------------------------- logit drift
+def _drift_run(hook, runner, loss_fn, batches):
+    """One hook-recorded loss call per ``(scores, labels)``; the drift warnings of each call."""
+    import warnings
+
+    warned = []
+    for it, (scores, labels) in enumerate(batches):
+        hook.before_train_iter(runner, it)
+        loss_call(loss_fn, scores, labels)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            hook.after_train_iter(runner, it)
+        warned.append([str(w.message) for w in caught if 'drifted' in str(w.message)])
+    return warned
+
+
+def test_hook_warns_once_when_the_logits_drift():
+    from rambo_mmdet.hooks import LOGIT_DRIFT_LIMIT
+
+    model = nn.Module()
+    model.loss_cls = build_loss(memory_batches=0)
+    model.loss_cls.name = 'bbox_head.loss_cls (RaMBOAPLoss)'
+    runner = _hub_runner(model, 'test_hooks_drift')
+    hook = RankingLossStatsHook(interval=1)
+    hook._losses = ranking_loss_stat_prefixes(model)
+    scores, labels = random_batch(3)
+    pos = one_hot(labels)
+    # the positives' mean just inside the limit, then beyond it (twice), the negatives' level 0
+    inside = scores - scores[pos].mean() + 0.99 * LOGIT_DRIFT_LIMIT * pos
+    beyond = scores - scores[pos].mean() + 1.5 * LOGIT_DRIFT_LIMIT * pos
+    warned = _drift_run(hook, runner, model.loss_cls, [(inside, labels), (beyond, labels),
+                                                        (beyond, labels)])
+    assert [len(w) for w in warned] == [0, 1, 0]  # once per loss
+    message = warned[1][0]
+    assert 'bbox_head.loss_cls (RaMBOAPLoss)' in message and 'memory_batches' in message
+    mean = beyond[pos].mean().item()
+    assert f'{mean:.4g} over the positives' in message
+    # the logged values are those of the calls, drifted or not
+    assert runner.message_hub.log_scalars['train/rank_cls/pos_mean'].current() == \
+        pytest.approx(mean, rel=1e-5)
+
+
+def test_hook_warns_about_negatives_through_the_runner_logger():
+    model = nn.Module()
+    model.loss_cls = build_loss(memory_batches=0)
+    messages = []
+    runner = _hub_runner(model, 'test_hooks_drift_neg')
+    runner.logger = SimpleNamespace(warning=messages.append)
+    hook = RankingLossStatsHook(interval=1)
+    hook._losses = ranking_loss_stat_prefixes(model)
+    scores, _ = random_batch(4)
+    background = torch.full((len(scores), ), NUM_CLASSES)  # no positive: pos_mean undefined
+    _drift_run(hook, runner, model.loss_cls, [(scores - 250.0, background)])
+    assert len(messages) == 1
+    assert 'over the negatives' in messages[0] and 'over the positives' not in messages[0]
+    # a hook that does not record the means cannot tell, and says nothing
+    quiet = RankingLossStatsHook(interval=1, stats=('ap_map', 'grad_frac'))
+    quiet._losses = hook._losses
+    messages.clear()
+    _drift_run(quiet, runner, model.loss_cls, [(scores - 250.0, background)])
+    assert messages == []
 
 
 # ------------------------------------------------------------------------- the calibration map

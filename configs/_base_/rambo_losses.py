@@ -83,7 +83,12 @@ rambo_dense_head_loss = dict(
 # the per-call switch on every seed; README "Quality"); forcing the RoI-head regime did not
 # train ATSS (validation mAP 6.1 at 2250 iterations, 21.8 switching). The memory was measured
 # with the per-call switch: ATSS 32.9 +- 0.4 with it vs 31.7 +- 0.3 without, FCOS 29.3 +- 0.5 vs
-# 26.7 +- 0.4 (results/quality_{atss,fcos}/memory_ablation.md). The map: these heads score a
+# 26.7 +- 0.4 (results/quality_{atss,fcos}/memory_ablation.md). With the balanced gradient in
+# every call the memory is what holds the logits' level: without it both twins' logits drifted up
+# together (seed 0, mean over positives / negatives 3400-4100 / 800-900 at iteration 1000, where
+# tau 7 keeps them near -4 / -5) and they did not train (README "Quality"): a ranking does not see a
+# common shift of the logits, while the remembered scores of the last batches are a fixed
+# reference that the current ones are ranked against. The map: these heads score a
 # detection p x sigmoid(centerness); the map makes the class logit a class probability p, as a
 # focal loss's sigmoid is, before the centerness multiplies it.
 # Ranking the raw sigmoid(logit) x centerness instead (an AP-trained logit's scale is arbitrary)
