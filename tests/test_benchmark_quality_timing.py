@@ -61,3 +61,18 @@ def test_without_side_by_side_pairs_the_goal_shows_all_pairs_unjudged(tmp_path, 
     row = next(line for line in path.read_text().splitlines() if 'iteration time' in line)
     assert row.endswith('| n/a (no twins trained side by side: the runs saw different machine '
                         'loads) |'), row
+
+
+def test_the_map_goal_is_not_judged_when_neither_arm_learned(tmp_path):
+    runs = [_run(tmp_path, 'focal', 0, '20261201_100000', 0.4),
+            _run(tmp_path, 'rambo', 0, '20261201_100030', 0.4)]
+    for run in runs:  # both arms below the learning floor
+        run['test'] = {label: bq.NO_LEARNING_MAP / 2 for _, label in bq.METRICS}
+    summary = bq.summarize(argparse.Namespace(detectors=['retinanet']), runs)
+    goal = next(g for g in summary['goals'] if 'mAP' in g['goal'])
+    assert goal['met'] is None
+    path = tmp_path / 'quality.md'
+    bq.write_markdown(argparse.Namespace(iters=1, cfg_options=[]), runs, summary, str(path),
+                      dict(data_root='data'))
+    row = next(line for line in path.read_text().splitlines() if 'RaMBO - focal mAP' in line)
+    assert row.endswith(f'| n/a (neither arm learned: mAP < {bq.NO_LEARNING_MAP}) |'), row

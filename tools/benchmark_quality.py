@@ -483,9 +483,11 @@ def summarize(args, runs):
                           if e['detector'] == det and e['arm'] == 'rambo'), None)
         # a comparison of two detectors that both failed to learn says nothing about the loss
         meaningful = max(stock_map or 0.0, rambo_map or 0.0) >= NO_LEARNING_MAP
-        summary['goals'].append(dict(goal=f'{det}: RaMBO - {d["versus"]} {label} >= {minimum:+.1f}',
-                                     value=got, met=(got is not None and got >= minimum)
-                                     if meaningful else None))
+        goal = dict(goal=f'{det}: RaMBO - {d["versus"]} {label} >= {minimum:+.1f}', value=got,
+                    met=(got is not None and got >= minimum) if meaningful else None)
+        if not meaningful:
+            goal['not_judged'] = f'n/a (neither arm learned: mAP < {NO_LEARNING_MAP})'
+        summary['goals'].append(goal)
         # only twins that trained side by side share the machine's load: the goal is judged on
         # their ratio; without such a pair the ratio of all pairs is shown but not judged
         together = d.get('time_ratio_side_by_side') or {}
@@ -495,10 +497,11 @@ def summarize(args, runs):
         if not any(g['goal'].startswith(f'{det}: iteration time') for g in summary['goals']):
             goal = dict(goal=f'{det}: iteration time RaMBO / {d["versus"]} <= '
                         f'{TIME_RATIO_GOAL:.2f}{which}', value=tr,
-                        met=tr is not None and tr <= TIME_RATIO_GOAL)
-            if not together.get('n'):
-                goal.update(met=None, not_judged='n/a (no twins trained side by side: the '
-                            'runs saw different machine loads)')
+                        met=(tr is not None and tr <= TIME_RATIO_GOAL) if together.get('n')
+                        else None)
+            if goal['met'] is None:
+                goal['not_judged'] = ('n/a (no twins trained side by side: the runs saw '
+                                      'different machine loads)')
             summary['goals'].append(goal)
     return summary
 
@@ -543,8 +546,7 @@ def write_markdown(args, runs, summary, path, settings):
     for g in summary['goals']:
         v = '-' if g['value'] is None else f'{g["value"]:.3f}' if 'time' in g['goal'] \
             else f'{g["value"]:+.1f}'
-        met = (g.get('not_judged', f'n/a (neither arm learned: mAP < {NO_LEARNING_MAP})')
-               if g['met'] is None else 'yes' if g['met'] else 'NO')
+        met = g['not_judged'] if g['met'] is None else 'yes' if g['met'] else 'NO'
         lines.append(f'| {g["goal"]} | {v} | {met} |')
     lines += ['', '## Runs', '', '| run | status | mAP | AP50 | AP75 | VOC mAP | median iter (s) '
               '| train wall (s) |', '|---|---|---|---|---|---|---|---|']
