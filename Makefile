@@ -21,7 +21,8 @@
 #   make benchmark-quality-sgd  the same twins with SGD (momentum 0.9, weight decay 1e-4; lr 0.02
 #                           Faster R-CNN, 0.01 RetinaNet / ATSS / FCOS, FCOS's biases at 2x lr
 #                           without decay: mmdet's COCO values, which the shipped COCO / VOC
-#                           configs inherit), seeds 0-2 of every twin
+#                           configs inherit; the RaMBO Faster R-CNN with the SGD box-head loss
+#                           of those configs), seeds 0-2 of every twin
 #                           (-> results/quality_sgd/; ~3.5 h on 2 cores)
 #   make mutation           mutation testing (mutmut, tools/mutation.py) of rambo_mmdet/ranking/
 #                           (every mutant) and rambo_mmdet/models/ (a 1-in-5 sample), on a
@@ -82,7 +83,8 @@ FCOS_BIAS := optim_wrapper.paramwise_cfg.bias_lr_mult=2.0 \
 benchmark-quality-sgd:
 	$(PYTHON) tools/benchmark_quality.py --detectors faster_rcnn --seeds 0 1 2 --extra-arms --jobs 2 \
 		--work-root work_dirs/quality_sgd --out-dir results/quality_sgd/faster_rcnn \
-		--cfg-options $(SGD) optim_wrapper.optimizer.lr=0.02
+		--cfg-options $(SGD) optim_wrapper.optimizer.lr=0.02 \
+		--rambo-cfg-options model.roi_head.bbox_head.loss_cls.cross_entropy=softmax
 	$(PYTHON) tools/benchmark_quality.py --detectors retinanet --seeds 0 1 2 --iters 4500 --extra-arms \
 		--jobs 2 --work-root work_dirs/quality_sgd --out-dir results/quality_sgd/retinanet \
 		--cfg-options $(SGD) optim_wrapper.optimizer.lr=0.01

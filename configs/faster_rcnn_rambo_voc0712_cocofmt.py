@@ -1,7 +1,8 @@
 # Faster R-CNN R50-FPN on PASCAL VOC 07+12 converted to COCO json (CocoMetric on VOC2007 test)
 # with RaMBO in the RoI box head. The json files come from mmdetection's
 # tools/dataset_converters/pascal_voc.py (data/VOCdevkit/annotations/voc0712_trainval.json and
-# voc07_test.json). The loss comes from _base_/rambo_losses.py, as in every shipped config.
+# voc07_test.json). The loss comes from _base_/rambo_losses.py, as in every shipped config
+# (its SGD variant: mmdet's VOC recipe trains with SGD, see faster_rcnn_rambo.py).
 _base_ = ['mmdet::pascal_voc/faster-rcnn_r50_fpn_1x_voc0712-cocofmt.py',
           './_base_/rambo_losses.py', './_base_/imagenet_weights.py']
 
@@ -12,5 +13,5 @@ model = dict(
     backbone=dict(init_cfg=dict(checkpoint={{_base_.resnet50_imagenet}})),
     roi_head=dict(
         bbox_head=dict(
-            loss_cls={{_base_.rambo_box_head_loss}})))
+            loss_cls={{_base_.rambo_box_head_loss_sgd}})))
 # test_cfg: mmdet's (calibrated scores, see faster_rcnn_rambo.py)

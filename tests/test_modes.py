@@ -22,7 +22,8 @@ from sklearn.metrics import average_precision_score
 from rambo_mmdet.models.losses import RaMBOAPLoss
 from rambo_mmdet.models.losses.rambo_ap_loss import MODES
 from rambo_mmdet.ranking import (ScoreMemory, detection_ap_loss, detection_ranking_loss,
-                                 pointwise_term, sigmoid_cross_entropy, sigmoid_focal_loss)
+                                 pointwise_term, sigmoid_cross_entropy, sigmoid_focal_loss,
+                                 softmax_cross_entropy)
 
 
 def _scores_and_labels(n, num_classes, fraction, seed=0):
@@ -263,6 +264,61 @@ def test_pointwise_term_is_mmdets_sigmoid_cross_entropy_in_paper_gradient_calls(
     assert pointwise_term(scores, labels, valid, True, 2.0) is None
     assert pointwise_term(scores, labels, valid, False, 0.0) is None
     assert pointwise_term(scores, labels, valid, False, 0.0, focal_weight=1.0) is None
+
+
+def _softmax_ce_oracle(scores, labels, weight, background):
+    """mmdet's softmax CrossEntropyLoss of a stock box head (C + 1 logits, the last one the
+    background's) on the logits ``[scores + background, background]``, rows with weight > 0."""
+    rows = weight > 0
+    logits = torch.cat([scores + background, background], dim=1)
+    return CrossEntropyLoss()(logits[rows], labels[rows], avg_factor=int(rows.sum()))
+
+
+def test_softmax_term_is_mmdets_softmax_cross_entropy_of_a_stock_box_head():
+    # the stock head's C + 1 logits, each row shifted by its own background logit: the softmax
+    # does not see the shift, so the term is the stock loss of the same classifier
+    scores, labels, _ = _scores_and_labels(3000, 4, 0.25, seed=9)
+    weight = (torch.rand(3000, generator=torch.Generator().manual_seed(9)) > 0.2).float()
+    valid = weight > 0
+    background = 3 * torch.randn(3000, 1, generator=torch.Generator().manual_seed(10))
+    a, o = scores.clone().requires_grad_(), scores.clone().requires_grad_()
+    value = softmax_cross_entropy(a, labels, valid)
+    expected = _softmax_ce_oracle(o, labels, weight, background)
+    torch.testing.assert_close(value, expected)
+    value.backward()
+    expected.backward()
+    torch.testing.assert_close(a.grad, o.grad)
+    assert torch.count_nonzero(a.grad[~valid]) == 0
+    torch.testing.assert_close(softmax_cross_entropy(scores, labels),
+                               _softmax_ce_oracle(scores, labels, torch.ones(3000), background))
+    # not the sigmoid one, except with one class: softmax([x, 0]) = sigmoid(x)
+    assert not torch.allclose(value, sigmoid_cross_entropy(scores, labels, valid))
+    one_class = (labels < 4).long() * 0 + (labels == 4).long()
+    torch.testing.assert_close(softmax_cross_entropy(scores[:, :1], one_class, valid),
+                               sigmoid_cross_entropy(scores[:, :1], one_class, valid))
+    assert torch.equal(pointwise_term(scores, labels, valid, False, 2.0,
+                                      cross_entropy='softmax'),
+                       2.0 * softmax_cross_entropy(scores, labels, valid))
+
+
+@pytest.mark.parametrize('memory_batches', [0, 3])
+def test_auto_with_the_softmax_cross_entropy(memory_batches):
+    # RoI-like batches: the paper's ranking loss (margin 0) + bce_weight x the softmax term;
+    # ignored rows left out of both
+    auto = RaMBOAPLoss(memory_batches=memory_batches, calibration=None, cross_entropy='softmax')
+    paper = RaMBOAPLoss(mode='paper', margin=0.0, memory_batches=memory_batches,
+                        calibration=None)
+    for seed in range(3):
+        scores, labels, _ = _scores_and_labels(2000, 5, 0.2, seed=seed)
+        weight = (torch.rand(2000, generator=torch.Generator().manual_seed(seed)) > 0.1).float()
+        grad, term_grad = _assert_ranking_plus_term(
+            auto, lambda x: paper(x, labels, weight),
+            lambda x: 0.5 * _softmax_ce_oracle(x, labels, weight, torch.zeros(2000, 1)),
+            scores, labels, weight)
+        assert torch.count_nonzero(grad[weight == 0]) == 0
+        assert torch.count_nonzero(term_grad) > 0.8 * grad.numel()
+    with pytest.raises(ValueError, match="cross_entropy must be one of .*'sigmoid', 'softmax'"):
+        RaMBOAPLoss(cross_entropy='focal')
 
 
 def test_focal_term_is_mmdets_focal_loss_in_balanced_gradient_calls():

@@ -9,7 +9,8 @@ from .losses import (DetectionRankingLoss, as_positive_set, average_precision_lo
                      check_scores, detection_ap_loss, detection_ranking_loss, mean_ap_loss,
                      recall_loss)
 from .memory import ScoreMemory
-from .pointwise import pointwise_term, sigmoid_cross_entropy, sigmoid_focal_loss
+from .pointwise import (CROSS_ENTROPIES, pointwise_term, sigmoid_cross_entropy,
+                        sigmoid_focal_loss, softmax_cross_entropy)
 from .reference import ArgsortBlackboxRanks, argsort_ranks
 from .scratch import release_scratch
 from .sync_audit import SyncAudit
@@ -20,5 +21,6 @@ __all__ = [
     'as_positive_set', 'average_precision_loss', 'check_scores',
     'detection_ap_loss', 'detection_ranking_loss', 'DetectionRankingLoss', 'mean_ap_loss',
     'recall_loss', 'ScoreMemory', 'pointwise_term', 'sigmoid_cross_entropy', 'sigmoid_focal_loss',
+    'softmax_cross_entropy', 'CROSS_ENTROPIES',
     'ArgsortBlackboxRanks', 'argsort_ranks', 'release_scratch', 'SyncAudit'
 ]

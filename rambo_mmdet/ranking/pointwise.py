@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['sigmoid_cross_entropy', 'sigmoid_focal_loss', 'pointwise_term']
+__all__ = ['sigmoid_cross_entropy', 'softmax_cross_entropy', 'sigmoid_focal_loss',
+           'pointwise_term', 'CROSS_ENTROPIES']
 
 
 def sigmoid_cross_entropy(logits: Tensor, labels: Tensor,
@@ -25,6 +26,29 @@ def sigmoid_cross_entropy(logits: Tensor, labels: Tensor,
             / max(logits.shape[0], 1)
     loss = F.binary_cross_entropy_with_logits(logits, targets.float(), reduction='none')
     return _masked_sum(loss, valid) / valid.sum().clamp(min=1)
+
+
+def softmax_cross_entropy(logits: Tensor, labels: Tensor,
+                          valid: Optional[Tensor] = None) -> Tensor:
+    """mmdet's softmax ``CrossEntropyLoss`` of a box head, the background logit held at 0.
+
+    The cross-entropy of the softmax over ``[logits, 0]`` (``logits [N, C]`` and a constant zero
+    background column, the column that ``get_activation`` appends at test time) against
+    ``labels [N]`` (``C``: background), averaged over the rows of ``valid`` (all rows when
+    ``None``); float32. A stock box head learns ``C + 1`` logits; a softmax does not change when
+    one constant is added to a row, so holding the background logit at 0 loses nothing: it is the
+    stock loss of the same classifier (its logits minus the background logit).
+    """
+    logits = logits.float().contiguous()
+    logits = torch.cat([logits, logits.new_zeros(logits.shape[0], 1)], dim=1)
+    loss = F.cross_entropy(logits, labels.long(), reduction='none')
+    if valid is None:
+        return loss.sum() / max(logits.shape[0], 1)
+    return torch.where(valid, loss, torch.zeros_like(loss)).sum() / valid.sum().clamp(min=1)
+
+
+#: The cross-entropy term's kinds (``RaMBOAPLoss(cross_entropy=...)``).
+CROSS_ENTROPIES = {'sigmoid': sigmoid_cross_entropy, 'softmax': softmax_cross_entropy}
 
 
 def _masked_sum(loss: Tensor, valid: Tensor) -> Tensor:
@@ -55,11 +79,15 @@ def sigmoid_focal_loss(logits: Tensor, labels: Tensor, valid: Optional[Tensor] =
 
 
 def pointwise_term(logits: Tensor, labels: Tensor, valid: Optional[Tensor], balanced: bool,
-                   bce_weight: float, focal_weight: float = 0.0) -> Optional[Tensor]:
-    """The pointwise term of one detection-loss call: ``bce_weight`` x
-    :func:`sigmoid_cross_entropy` when the call used the paper's gradient (``balanced`` False:
-    RoI heads), ``focal_weight`` x :func:`sigmoid_focal_loss` when it used the balanced one
-    (dense heads); ``None`` when that weight is 0."""
+                   bce_weight: float, focal_weight: float = 0.0,
+                   cross_entropy: str = 'sigmoid') -> Optional[Tensor]:
+    """The pointwise term of one detection-loss call: ``bce_weight`` x the ``cross_entropy``
+    term (:func:`sigmoid_cross_entropy` or :func:`softmax_cross_entropy`) when the call used the
+    paper's gradient (``balanced`` False: RoI heads), ``focal_weight`` x
+    :func:`sigmoid_focal_loss` when it used the balanced one (dense heads); ``None`` when that
+    weight is 0."""
     if balanced:
         return focal_weight * sigmoid_focal_loss(logits, labels, valid) if focal_weight else None
-    return bce_weight * sigmoid_cross_entropy(logits, labels, valid) if bce_weight else None
+    if not bce_weight:
+        return None
+    return bce_weight * CROSS_ENTROPIES[cross_entropy](logits, labels, valid)
