@@ -9,6 +9,9 @@
   with ``calibration=None``.
 * The hook warns once per loss when the mean logit of the positives or negatives passes
   ``LOGIT_DRIFT_LIMIT`` (not at 0.99 of it), through the runner's logger or ``warnings``.
+* NameRankingLossesHook advises, at before_train, the box-head cross-entropy term measured
+  better with the run's optimiser (softmax with SGD, sigmoid with Adam / AdamW), and says
+  nothing where there is no such term or the optimiser was not measured.
 * Key prefixes: module paths without the ``loss*`` component (mmengine averages keys with
   ``loss`` in them).
 * In a real mmengine Runner the hook records exactly on the iterations the LoggerHook logs (or
@@ -31,7 +34,10 @@ from torch.utils.data import Dataset
 
 import rambo_mmdet  # noqa: F401  (registers the losses and hooks)
 from mmdet.registry import HOOKS, MODELS
-from rambo_mmdet.hooks import STATS, RankingLossStatsHook, ranking_loss_stat_prefixes
+from rambo_mmdet.hooks import (MEASURED_CROSS_ENTROPY, STATS, NameRankingLossesHook,
+                               RankingLossStatsHook, cross_entropy_advice,
+                               ranking_loss_stat_prefixes)
+from rambo_mmdet.models.losses import RaMBOAPLoss
 from ranking_oracle import oracle_map_loss
 from test_demo import CONFIG, ROOT, _options
 
@@ -533,3 +539,50 @@ def test_tiny_faster_rcnn_logs_the_box_head_stats(tmp_path):
         assert row['roi_head.bbox_head/calib_scale'] > 0  # calibration='global' (a > 0)
         assert 'roi_head.bbox_head/calib_bias' in row
     assert 'roi_head.bbox_head/ap_map: ' in proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------- cross-entropy term advice
+def _box_head_model(num_classes=3, **loss_kwargs):
+    from mmdet.models.roi_heads.bbox_heads import Shared2FCBBoxHead
+    loss_cls = dict(type='RaMBOAPLoss', use_sigmoid=True, **loss_kwargs)
+    head = Shared2FCBBoxHead(in_channels=4, fc_out_channels=8, roi_feat_size=2,
+                             num_classes=num_classes, loss_cls=loss_cls)
+    return nn.ModuleDict(dict(roi_head=nn.ModuleDict(dict(bbox_head=head))))
+
+
+@pytest.mark.parametrize('optimizer, cross_entropy, advised', [
+    ('SGD', 'sigmoid', 'softmax'), ('SGD', 'softmax', None),
+    ('AdamW', 'softmax', 'sigmoid'), ('AdamW', 'sigmoid', None),
+    ('Adam', 'softmax', 'sigmoid'), ('RMSprop', 'sigmoid', None)])
+def test_hook_advises_the_cross_entropy_term_measured_better_with_the_optimiser(
+        optimizer, cross_entropy, advised):
+    model = _box_head_model(cross_entropy=cross_entropy)
+    opt = getattr(torch.optim, optimizer)(model.parameters(), lr=0.01)
+    messages = cross_entropy_advice(model, opt)
+    if advised is None:
+        assert messages == []
+    else:
+        (message, ) = messages
+        assert message.startswith('roi_head.bbox_head.loss_cls (RaMBOAPLoss): '
+                                  f"cross_entropy='{cross_entropy}' with {optimizer};")
+        assert f"loss_cls.cross_entropy='{advised}'" in message
+        assert MEASURED_CROSS_ENTROPY[optimizer][1] in message  # how much, measured
+    # through the hook, at before_train, with the runner's logger (a wrapped model too)
+    logged = []
+    runner = SimpleNamespace(model=model, optim_wrapper=SimpleNamespace(optimizer=opt),
+                             logger=SimpleNamespace(warning=logged.append))
+    NameRankingLossesHook().before_train(runner)
+    assert logged == messages
+
+
+def test_no_cross_entropy_advice_without_a_box_head_term():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
+    # no term (bce_weight 0, other modes), one class (identical terms), not a box head
+    for model in (_box_head_model(bce_weight=0.0), _box_head_model(mode='paper'),
+                  _box_head_model(mode='balanced'), _box_head_model(num_classes=1)):
+        assert cross_entropy_advice(model, opt) == []
+    dense = nn.ModuleDict(dict(bbox_head=nn.Module()))
+    dense.bbox_head.loss_cls = RaMBOAPLoss(use_sigmoid=True)
+    dense.bbox_head.num_classes = 3
+    assert cross_entropy_advice(dense, opt) == []
+    assert cross_entropy_advice(_box_head_model(), None) == []  # no optimiser (yet)

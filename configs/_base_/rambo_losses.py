@@ -62,9 +62,10 @@ rambo_box_head_loss = dict(
 # instead of the sigmoid one. Measured on the FashionDet Faster R-CNN twin, 1500 iterations,
 # seeds 0-2, test mAP / AP50 (README "Quality"): with SGD (lr 0.02) cross-entropy 28.0 / 47.0,
 # this loss 28.9 / 48.1 (paired delta +0.9 +- 0.2 / +1.0 +- 0.8), the sigmoid term 27.9 / 47.1
-# (on par with cross-entropy); with AdamW the other way round: the sigmoid term 32.9 / 51.8,
-# softmax 32.0 / 50.1 and 31.5 / 50.2 (seeds 0-1; cross-entropy 31.6 / 49.7 and 31.6 / 50.3).
-# With one class (an RPN) the two terms are identical.
+# (on par with cross-entropy); with AdamW not better: the sigmoid term 32.9 / 51.8, softmax
+# 32.0 / 50.6 (paired delta -0.9 +- 1.1 mAP; cross-entropy 31.3 / 49.5). With one class (an RPN)
+# the two terms are identical. NameRankingLossesHook warns when a box head's term does not
+# match the run's optimiser this way.
 rambo_box_head_loss_sgd = dict(rambo_box_head_loss, cross_entropy='softmax')
 
 # Dense heads (RaMBORetinaHead): no score memory (paper: 7). A dense batch has plenty of

