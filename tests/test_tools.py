@@ -145,6 +145,10 @@ def test_train_stock_faster_rcnn_with_loss_swapped(trained):
     log = proc.stdout + proc.stderr
     assert 'Iter(train) [3/3]' in log
     assert 'loss_cls' in log and 'loss_rpn_cls' in log
+    # the stock recipe's SGD with the default sigmoid term: tools/train.py adds the naming hook,
+    # which advises the softmax term once
+    assert log.count("roi_head.bbox_head.loss_cls (RaMBOAPLoss): cross_entropy='sigmoid' with "
+                     'SGD') == 1
     # the dumped config is the stock one with only the loss swapped
     dumped = Config.fromfile(osp.join(work_dir, osp.basename(config)))
     loss = dumped.model.roi_head.bbox_head.loss_cls
