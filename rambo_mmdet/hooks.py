@@ -63,8 +63,7 @@ class NameRankingLossesHook(Hook):
         """Warn when a box head's cross-entropy term is not the one measured better with the
         run's optimiser (:func:`cross_entropy_advice`; the optimiser is built by now)."""
         optimizer = getattr(getattr(runner, 'optim_wrapper', None), 'optimizer', None)
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        for message in cross_entropy_advice(model, optimizer):
+        for message in cross_entropy_advice(runner.model, optimizer):
             runner.logger.warning(message)
 
 
@@ -83,13 +82,14 @@ def cross_entropy_advice(model, optimizer) -> List[str]:
     """One message per RoI box head (mmdet ``BBoxHead``, more than one class) whose
     ``RaMBOAPLoss`` adds a cross-entropy term (mode ``'auto'``, ``bce_weight > 0``) of the kind
     that measured worse with ``optimizer``'s type (:data:`MEASURED_CROSS_ENTROPY`); none for an
-    optimiser that was not measured. Advice only: the run is not changed."""
+    optimiser that was not measured. Advice only: the run is not changed. A model wrapper (DDP)
+    is looked through."""
     kind = type(optimizer).__name__
     if kind not in MEASURED_CROSS_ENTROPY:
         return []
     better, margin = MEASURED_CROSS_ENTROPY[kind]
     messages = []
-    for path, module in model.named_modules():
+    for path, module in _unwrapped(model).named_modules():
         loss = getattr(module, 'loss_cls', None)
         if not (isinstance(module, BBoxHead) and isinstance(loss, RaMBOAPLoss)
                 and loss.mode == 'auto' and loss.bce_weight > 0
@@ -115,6 +115,13 @@ STATS = ('ap_map', 'ap_apc', 'grad_frac', 'pos_mean', 'pos_std', 'neg_mean', 'ne
 LOGIT_DRIFT_LIMIT = 100.0
 
 
+def _unwrapped(model):
+    """``model`` without its model wrappers (DDP, ``MMDistributedDataParallel``)."""
+    while is_model_wrapper(model):
+        model = model.module
+    return model
+
+
 def calibration_keys(loss) -> Dict[str, str]:
     """``{key: buffer}`` of the score-calibration map of ``loss`` that the stats hook logs:
     ``calib_scale``, ``calib_bias`` (``calibration='global'``: the map itself), or
@@ -135,9 +142,7 @@ def ranking_loss_stat_prefixes(model) -> Dict[str, object]:
     ``LogProcessor`` averages every key that contains ``loss`` over its window instead of logging
     the value of the last update (its ``mean_pattern``).
     """
-    while is_model_wrapper(model):
-        model = model.module
-    losses = {path: module for path, module in model.named_modules()
+    losses = {path: module for path, module in _unwrapped(model).named_modules()
               if path and getattr(module, 'needs_all_samples', False)
               and hasattr(module, 'record_stats')}
     parents = [path.rpartition('.')[0] for path in losses]

@@ -18,14 +18,17 @@ SGD = 'optim_wrapper.optimizer.type=SGD'
 def test_rambo_cfg_options_reach_the_rambo_arms_only(tmp_path, monkeypatch):
     args = bq.parse_args(['--work-root', str(tmp_path), '--data-root', str(tmp_path / 'data'),
                           '--cfg-options', SGD, '--rambo-cfg-options', SOFTMAX])
-    assert bq.arm_cfg_options(args, 'rambo') == [SOFTMAX]
-    assert bq.arm_cfg_options(args, 'rambo_paper') == [SOFTMAX]
-    assert bq.arm_cfg_options(args, 'ce') == [] and bq.arm_cfg_options(args, 'focal') == []
-    assert bq.arm_cfg_options(bq.parse_args([]), 'rambo') == []
+    assert args.cfg_options == [SGD] and args.rambo_cfg_options == [SOFTMAX]
+    assert bq.parse_args([]).rambo_cfg_options is None
+    settings = dict(cfg_options=[SGD], rambo_cfg_options=[SOFTMAX])  # as main() records them
+    assert bq.arm_cfg_options(settings, 'rambo') == [SGD, SOFTMAX]
+    assert bq.arm_cfg_options(settings, 'rambo_paper') == [SGD, SOFTMAX]
+    assert bq.arm_cfg_options(settings, 'ce') == [SGD]
+    assert bq.arm_cfg_options(settings, 'focal') == [SGD]
+    assert bq.arm_cfg_options(dict(cfg_options=[SGD], rambo_cfg_options=None), 'rambo') == [SGD]
     args.warm_start = None  # set by main()
     commands = []
     monkeypatch.setattr(bq, '_run', lambda cmd, log_file, env: commands.append(cmd) or 1)
-    settings = dict(cfg_options=[SGD], rambo_cfg_options=[SOFTMAX])
     for arm in ('ce', 'rambo'):
         rec = bq.run_one(args, 'faster_rcnn', arm, 0, {}, settings)
         assert rec['status'] == 'failed' and rec['settings'] == settings

@@ -21,7 +21,6 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 
 import rambo_mmdet  # noqa: E402,F401  (shims + registers RaMBO losses and heads)
 from rambo_mmdet.hooks import NameRankingLossesHook  # noqa: E402
-from rambo_mmdet.models.losses import name_ranking_losses  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 from mmdet.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
@@ -99,10 +98,10 @@ def main(argv=None):
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    name_ranking_losses(runner.model)  # errors inside a loss name its head
     if not any(isinstance(hook, NameRankingLossesHook) for hook in runner.hooks):
-        # a config without it (e.g. a stock one with the loss swapped) still gets its advice on
-        # the box head's cross-entropy term for the run's optimiser
+        # a config without it (e.g. a stock one with the loss swapped): errors inside a loss
+        # still name its head, and the box head's cross-entropy term gets its advice for the
+        # run's optimiser
         runner.register_hook(NameRankingLossesHook())
     runner.train()
     return 0

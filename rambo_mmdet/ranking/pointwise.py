@@ -44,7 +44,7 @@ def softmax_cross_entropy(logits: Tensor, labels: Tensor,
     loss = F.cross_entropy(logits, labels.long(), reduction='none')
     if valid is None:
         return loss.sum() / max(logits.shape[0], 1)
-    return torch.where(valid, loss, torch.zeros_like(loss)).sum() / valid.sum().clamp(min=1)
+    return _masked_sum(loss[:, None], valid) / valid.sum().clamp(min=1)
 
 
 #: The cross-entropy term's kinds (``RaMBOAPLoss(cross_entropy=...)``).
