@@ -40,9 +40,10 @@ def calibrate_logits(logits: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
     return logits * scale.to(logits.dtype) + bias.to(logits.dtype)
 
 
-def _weights_like(z: Tensor, weights: Optional[Tensor]) -> Tensor:
+def _weights_like(z: Tensor, weights: Optional[Tensor]) -> Optional[Tensor]:
+    """``[N, C]`` float64 weights, or None for unit weights (no multiplications then)."""
     if weights is None:
-        return torch.ones_like(z)
+        return None
     weights = weights.double()
     return (weights[:, None] if weights.dim() == 1 else weights).expand_as(z)
 
@@ -78,7 +79,15 @@ def logistic_fit_step(logits: Tensor, targets: Tensor, scale: Tensor, bias: Tens
     w = _weights_like(z, weights)
     dims = (0, ) if per_class else (0, 1)
     reduce = reduce or (lambda x: x)
-    moments = reduce(torch.stack([w.sum(dims), (w * z).sum(dims), (w * z * z).sum(dims)]))
+
+    def weighted_sum(values: Tensor) -> Tensor:
+        return (values if w is None else w * values).sum(dims)
+
+    if w is None:
+        count = z.new_full(z.shape[1:] if per_class else (), z.shape[0] if per_class else z.numel())
+    else:
+        count = w.sum(dims)
+    moments = reduce(torch.stack([count, weighted_sum(z), weighted_sum(z * z)]))
     count = moments[0]
     mean = moments[1] / count.clamp(min=1e-300)
     std = (moments[2] / count.clamp(min=1e-300) - mean * mean).clamp(min=0).sqrt()
@@ -89,14 +98,14 @@ def logistic_fit_step(logits: Tensor, targets: Tensor, scale: Tensor, bias: Tens
 
     def bce_sums(alpha, beta):
         u = alpha * x + beta
-        return reduce((w * (torch.nn.functional.softplus(u) - t * u)).sum(dims))
+        return reduce(weighted_sum(torch.nn.functional.softplus(u) - t * u))
 
     u = alpha * x + beta
     p = u.sigmoid()
     r, q = p - t, p * (1 - p)
-    sums = reduce(torch.stack([(w * r * x).sum(dims), (w * r).sum(dims),
-                               (w * q * x * x).sum(dims), (w * q * x).sum(dims),
-                               (w * q).sum(dims)], dim=-1))
+    rx, qx = r * x, q * x
+    sums = reduce(torch.stack([weighted_sum(rx), weighted_sum(r), weighted_sum(qx * x),
+                               weighted_sum(qx), weighted_sum(q)], dim=-1))
     g_a, g_b, h_aa, h_ab, h_bb = sums.unbind(-1)
     ridge = 1e-6 * count + 1e-12
     h_aa, h_bb = h_aa + ridge, h_bb + ridge

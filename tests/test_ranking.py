@@ -390,3 +390,115 @@ def test_detection_loss_with_exclusions_and_memory_matches_oracle(seed, strategy
         assert torch.allclose(x.grad[valid], y.grad, atol=1e-6)
     else:
         assert torch.equal(x.grad, torch.zeros_like(x.grad))
+
+
+# ----------------------------------------------------------------------------------------------
+# the memory's negatives, sorted once and counted (ScoreMemory.sorted_negatives)
+
+
+@pytest.mark.parametrize('on_host', [False, True])
+@pytest.mark.parametrize('seed', range(8))
+def test_count_at_or_above_matches_brute_force(seed, on_host):
+    """Counts of sorted negatives at or above each positive, against a direct count: ties
+    (negatives tied with a positive count), -0.0 against +0.0, the blocks' own positives left
+    out, several blocks of different lengths."""
+    from rambo_mmdet.ranking.counting import (PositiveSet, count_at_or_above, sort_negatives,
+                                              sort_positives)
+    gen = torch.Generator().manual_seed(seed)
+    groups = int(torch.randint(1, 5, (), generator=gen))
+    blocks, masks = [], []
+    for rows in torch.randint(1, 12, (3, ), generator=gen).tolist():
+        block = (torch.randn(rows, groups, generator=gen) * 2).round() / 2
+        block[block == 0] = -0.0 if seed % 2 else 0.0
+        blocks.append(block)
+        masks.append(torch.rand(rows, groups, generator=gen) < 0.3)
+    sorted_blocks = [sort_negatives(b, m, on_host) for b, m in zip(blocks, masks)]
+    queries = (torch.randn(20, groups, generator=gen) * 2).round() / 2
+    positives = PositiveSet.from_mask(torch.rand(20, groups, generator=gen) < 0.5)
+    pos_scores = queries.reshape(-1)[positives.flat_index]
+    counts = count_at_or_above(sorted_blocks, sort_positives(pos_scores, positives), on_host)
+    expected = [sum(int(((b[:, g] >= s) & ~m[:, g]).sum()) for b, m in zip(blocks, masks))
+                for s, g in zip(pos_scores.tolist(), positives.group.tolist())]
+    assert counts.tolist() == expected
+    assert any(expected), 'nothing counted: the test would pass with zero counts'
+
+
+def _memory_problem(seed, rows=40, num_classes=4, batches=3):
+    """A batch and a filled ScoreMemory (ties, ignored rows)."""
+    gen = torch.Generator().manual_seed(seed)
+    memory = ScoreMemory(num_batches=batches)
+    for _ in range(batches):
+        stored = (torch.randn(rows, num_classes, generator=gen) * 2).round() / 2
+        memory.push(stored, torch.randint(0, num_classes + 1, (rows, ), generator=gen),
+                    torch.rand(rows, generator=gen) > 0.2)
+    scores = (torch.randn(rows, num_classes, generator=gen) * 2).round() / 2
+    labels = torch.randint(0, num_classes + 1, (rows, ), generator=gen)
+    excluded = (torch.rand(rows, generator=gen) < 0.2).nonzero().squeeze(1)
+    return scores, labels, excluded, memory
+
+
+_MEMORY_MODES = {
+    'paper': dict(margin=0.15),
+    'balanced': dict(margin=0.15, balanced_gain=1.0),
+    'error_driven': dict(margin=0.0, balanced_gain=1.0, error_driven=True),
+}
+
+
+@pytest.mark.parametrize('sync_free', [False, True])
+@pytest.mark.parametrize('mode', sorted(_MEMORY_MODES))
+@pytest.mark.parametrize('seed', range(4))
+def test_counted_memory_negatives_change_nothing(seed, mode, sync_free, strategy, monkeypatch):
+    """Ranking the memory with its negatives counted (sorted once) gives bit-identically the
+    loss and gradient of placing them on every call, in both strategies, with and without host
+    reads (numpy's search on the CPU, torch's elsewhere)."""
+    from rambo_mmdet.ranking import detection_ranking_loss
+    monkeypatch.setattr(blackbox, 'SYNC_FREE', sync_free)
+    scores, labels, excluded, memory = _memory_problem(seed)
+    results = []
+    for negatives in (None, memory.sorted_negatives(scores)):
+        x = scores.clone().requires_grad_()
+        # a large λ: the perturbations cross entries (a zero gradient would prove nothing)
+        loss = detection_ranking_loss(x, labels, excluded, memory.contents(scores), 20.0,
+                                      memory_negatives=negatives, **_MEMORY_MODES[mode]).loss
+        loss.backward()
+        results.append((loss.detach(), x.grad))
+    (loss, grad), (counted_loss, counted_grad) = results
+    assert torch.equal(loss, counted_loss) and torch.equal(grad, counted_grad)
+    assert grad.abs().sum() > 0
+
+
+def test_sorted_negatives_are_sorted_once_and_never_rewritten():
+    """Each stored batch is sorted at its first use only; a graph built before a push still
+    backpropagates exactly as it would have without the push (nothing it holds is rewritten)."""
+    from rambo_mmdet.ranking import detection_ranking_loss
+    scores, labels, excluded, memory = _memory_problem(0)
+    first = memory.sorted_negatives(scores)
+    assert [b.keys.data_ptr() for b in memory.sorted_negatives(scores)] == \
+        [b.keys.data_ptr() for b in first]
+
+    def grad_of(push_before_backward):
+        x = scores.clone().requires_grad_()
+        loss = detection_ranking_loss(x, labels, excluded, memory.contents(scores), 0.5,
+                                      memory_negatives=memory.sorted_negatives(scores)).loss
+        if push_before_backward:
+            kept = [b.keys.clone() for b in first]
+            memory.push(scores * 3, labels)
+            memory.sorted_negatives(scores)
+            assert all(torch.equal(k, b.keys) for k, b in zip(kept, first))
+        loss.backward()
+        return x.grad
+
+    expected = grad_of(False)
+    assert torch.equal(grad_of(True), expected)
+
+
+def test_sorted_negatives_of_a_relevance_memory_leave_its_positives_out():
+    """A memory of ``[m, C]`` bool targets: the marked entries are positives, not counted."""
+    from rambo_mmdet.ranking.counting import PositiveSet, count_at_or_above, sort_positives
+    memory = ScoreMemory(num_batches=1)
+    stored = torch.tensor([[3.0, 1.0], [2.0, 0.0]])
+    memory.push(stored, torch.tensor([[True, False], [False, False]]))
+    positives = PositiveSet.from_flat_index(torch.tensor([0, 1]), 2)  # scores 1.5 and -1
+    sorted_pos = sort_positives(torch.tensor([1.5, -1.0]), positives)
+    counts = count_at_or_above(memory.sorted_negatives(stored), sorted_pos)
+    assert counts.tolist() == [1, 2]  # class 0: only 2.0 (3.0 is a positive); class 1: both

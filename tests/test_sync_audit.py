@@ -238,3 +238,22 @@ def test_histogram_counts_like_bincount(dtype):
     assert torch.equal(counts.long(), -2 * expected)
     assert torch.equal(add_counts(counts, index, 2).long(), torch.zeros(40, dtype=torch.long))
     assert histogram(index[:0], 3, dtype).tolist() == [0, 0, 0]
+
+
+def test_score_memory_sorts_and_counts_its_negatives_without_host_reads():
+    """The GPU path of the counted memory (SYNC_FREE, as on every device but the CPU): sorting a
+    stored batch's negatives and counting them at or above the positives read nothing on the
+    host (on the CPU by default numpy does both, where a host read is free)."""
+    from rambo_mmdet.ranking import ScoreMemory
+    from rambo_mmdet.ranking.counting import count_at_or_above, sort_positives
+    gen = torch.Generator().manual_seed(0)
+    memory = ScoreMemory(num_batches=3)
+    for _ in range(3):
+        memory.push(torch.randn(50, 4, generator=gen), torch.randint(0, 5, (50, ), generator=gen))
+    positives = PositiveSet.from_flat_index(torch.tensor([1, 6, 11, 40]), 4)
+    scores = torch.randn(4, generator=gen)
+    with SyncAudit() as audit:
+        blocks = memory.sorted_negatives(scores[None].expand(1, 4))
+        counts = count_at_or_above(blocks, sort_positives(scores, positives))
+    assert not audit.events, audit.summary()
+    assert counts.sum() > 0

@@ -305,9 +305,10 @@ def shipped_core_loss(cls_score: Tensor, labels: Tensor, label_weights: Optional
     valid = None if label_weights is None else kept_rows(label_weights)
     excluded = None if valid is None else (~valid).nonzero().squeeze(1)
     grad_scale = ranking.GradScale()
-    loss, balanced = ranking.detection_ranking_loss(scores, labels, excluded, contents,
-                                                    interclass_weight=BETA,
-                                                    grad_scale=grad_scale, **SHIPPED_DENSE)
+    loss, balanced = ranking.detection_ranking_loss(
+        scores, labels, excluded, contents, interclass_weight=BETA, grad_scale=grad_scale,
+        memory_negatives=memory.sorted_negatives(scores) if memory is not None else None,
+        **SHIPPED_DENSE)
     loss = ranking.route_output_grad(loss, grad_scale)
     pointwise = ranking.pointwise_term(scores, labels, valid, balanced, SHIPPED_BCE_WEIGHT)
     if pointwise is not None:

@@ -24,7 +24,8 @@ flattened interclass ranking of a detector's ``[N, C]`` logits) run in one autog
 one gradient buffer; those that run sparse filter the live scores once, at the lowest of their
 floors. A problem may leave entries out (ignored samples, without copying the scores) and rank a
 constant block beside the live scores (a detached score memory: the sparse strategy reads it in
-place, the dense one joins it to the live scores once per call).
+place, the dense one joins it to the live scores once per call; or, when the problem also gets the
+block's negatives sorted, both only count them by binary search).
 """
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
@@ -32,9 +33,10 @@ import torch
 from torch import Tensor
 from torch.profiler import record_function
 
-from .counting import (CellGrid, PositiveSet, add_counts, candidate_floor, cell_crossings,
-                       cells_above, cells_of, histogram, negative_candidates, negatives_above,
-                       place_sparse, sort_positives, sparse_bins)
+from .counting import (CellGrid, PositiveSet, SortedNegatives, add_counts, candidate_floor,
+                       cell_crossings, cells_above, cells_of, count_at_or_above, histogram,
+                       negative_candidates, negatives_above, place_sparse, sort_positives,
+                       sparse_bins)
 from .scratch import scratch_pool
 
 __all__ = ['RankingProblem', 'GradScale', 'route_output_grad', 'BlackboxPositiveRanks',
@@ -56,6 +58,10 @@ SURVIVAL_SAMPLE = 1 << 16
 #: most MAX_CELLS per group and MAX_TOTAL_CELLS over all groups, at least 2).
 ENTRIES_PER_CELL = 16
 MAX_CELLS = 1 << 18
+#: ... and at least this many cells per positive of a group (a ranking with many positives
+#: for its length, e.g. a small batch with a score memory: the entries that share a cell with
+#: a positive are placed exactly, so fewer entries per positive's cell place fewer of them)
+CELLS_PER_POSITIVE = 16
 MAX_TOTAL_CELLS = 1 << 20
 #: Whether the dense backward runs without reading anything on the host: ``None`` (default):
 #: on every device but the CPU. On a GPU a host read stalls the host until the device catches
@@ -63,6 +69,12 @@ MAX_TOTAL_CELLS = 1 << 20
 #: the pass is not (the dense backward then skips it when no positive moves into a new cell).
 #: Both ways give identical results.
 SYNC_FREE: Optional[bool] = None
+
+
+def reads_host_freely(device: torch.device) -> bool:
+    """Whether code on ``device`` may read on the host for speed: not when it runs sync-free
+    (:data:`SYNC_FREE`; by default every device but the CPU)."""
+    return not (device.type != 'cpu' if SYNC_FREE is None else SYNC_FREE)
 
 
 class RankingProblem(NamedTuple):
@@ -104,6 +116,12 @@ class RankingProblem(NamedTuple):
     #: update of Rank & Sort and aLRP), instead of a share proportional to the negatives its
     #: perturbation crossed; the negatives keep the blackbox's distribution and total.
     error_driven: bool = False
+    #: with ``constant``: exactly its negatives, sorted (:class:`~rambo_mmdet.ranking.counting.
+    #: SortedNegatives`, e.g. from :meth:`~rambo_mmdet.ranking.memory.ScoreMemory.
+    #: sorted_negatives`): they are then counted by binary search instead of being filtered
+    #: and placed on every call (they get no gradient; the result is identical). The constant
+    #: rows then only supply the scores of their positives.
+    constant_negatives: Optional[Sequence[SortedNegatives]] = None
 
 
 class GradScale:
@@ -165,8 +183,12 @@ class _Solver:
         self.length = self.live_rows - num_excluded + _num_rows(problem.constant)
         positives = problem.positives
         self.live_size = self.live.numel()
-        self.sync_free = live.device.type != 'cpu' if SYNC_FREE is None else SYNC_FREE
+        self.sync_free = not reads_host_freely(live.device)
         self.pos_scores = self._gather(positives.flat_index) - margin
+        # the constant block's negatives, when given sorted: counted, not placed
+        self.counted = None if problem.constant is None else problem.constant_negatives
+        # numpy's binary search is faster on the CPU, where a host read costs nothing
+        self.count_on_host = live.device.type == 'cpu' and not self.sync_free
         self.excluded_flat = None
         if num_excluded:
             self.excluded_flat = (self.excluded[:, None] * groups
@@ -175,7 +197,7 @@ class _Solver:
     def _candidates(self, floor: Tensor, within: Optional[Tensor] = None) -> Tensor:
         positives = self.problem.positives
         index = negative_candidates(self.live, floor, 0, positives, self.excluded_flat, within)
-        if self.problem.constant is not None:
+        if self.problem.constant is not None and self.counted is None:
             index = torch.cat([index, negative_candidates(self.problem.constant, floor,
                                                           self.live_size, positives)])
         return index
@@ -184,7 +206,8 @@ class _Solver:
         """Fraction of the entries scoring at or above their group's ``floor`` (a 0-dim tensor),
         counted on every ``stride``-th row of a problem above :data:`SURVIVAL_SAMPLE` entries.
         It only chooses the strategy (both are exact), so an estimate is enough."""
-        blocks = [self.live] + ([] if self.problem.constant is None else [self.problem.constant])
+        blocks = [self.live] + ([] if self.problem.constant is None or self.counted is not None
+                                else [self.problem.constant])
         total = sum(block.numel() for block in blocks)
         if total == 0:
             return floor.new_zeros(())
@@ -236,6 +259,9 @@ class _Solver:
         self.rank = self.rank_among + negatives_above(sorted_pos, positives, bins)
         if self.dense:
             self.rank = self.rank + self.above_cells
+        if self.counted is not None:
+            self.rank = self.rank + count_at_or_above(self.counted, sorted_pos,
+                                                      self.count_on_host)
         return self.rank, self.rank_among
 
     def backward(self, grad_rank: Tensor, lambda_val: float, grad: Optional[Tensor],
@@ -256,6 +282,9 @@ class _Solver:
         perturbed = self.pos_scores + lambda_val * grad_rank
         sorted_after = sort_positives(perturbed, positives)
         rank_after = 1 + positives.group_end[positives.group] - sorted_after.at_or_below
+        if self.counted is not None:
+            rank_after = rank_after + count_at_or_above(self.counted, sorted_after,
+                                                        self.count_on_host)
         # the balanced gradient's precision / count / share, computed once per backward
         share = None
         if self.problem.balanced_weight is not None:
@@ -297,10 +326,10 @@ class _Solver:
 
     # ------------------------------------------------------------------ dense strategy
     def _entries(self) -> Tensor:
-        """All entries, flat: the live scores, then the constant rows (a copy only with
-        constant rows)."""
+        """The entries to place, flat: the live scores, then the constant rows unless their
+        negatives are counted (a copy only with constant rows)."""
         live = self.live.reshape(-1)
-        if self.problem.constant is None:
+        if self.problem.constant is None or self.counted is not None:
             return live
         return torch.cat([live, self.problem.constant.reshape(-1)])
 
@@ -308,16 +337,21 @@ class _Solver:
         """Cells over the entries' score range (one host sync), sized to the group length."""
         groups = self.problem.num_groups
         per_group = max(entries.numel() // max(groups, 1), 1)
+        positives_per_group = self.problem.positives.flat_index.numel() // max(groups, 1)
+        target = max(per_group // ENTRIES_PER_CELL, CELLS_PER_POSITIVE * positives_per_group)
         cells = 2
-        while (cells < per_group // ENTRIES_PER_CELL and cells < MAX_CELLS
+        while (cells < target and cells < MAX_CELLS
                and 2 * cells * groups <= MAX_TOTAL_CELLS):
             cells *= 2
         low, high = torch.stack(entries.aminmax()).tolist() if entries.numel() else (0.0, 0.0)
         return CellGrid.spanning(low, high, cells, groups)
 
     def _not_negative(self) -> Tensor:
-        """Ascending flat indices of the entries that are no negatives: positives, excluded."""
+        """Ascending flat indices of the entries (of :meth:`_entries`) that are no negatives:
+        positives, excluded."""
         index = self.problem.positives.flat_index
+        if self.counted is not None:  # the constant positives are no entries here
+            index = index[index < self.live_size]
         if self.excluded_flat is not None:
             index = torch.cat([index, self.excluded_flat]).sort().values
         return index
@@ -376,7 +410,8 @@ class _Solver:
             self.counts = add_counts(counts, self.cell[self.shared], -1)
             self.above_cells = cells_above(self.counts, grid)[self.pos_cell.long()]
             # the live entries that are no negatives (their gradient is the positives' own)
-            self.not_negative_live = self.not_negative if self.problem.constant is None \
+            self.not_negative_live = self.not_negative \
+                if self.problem.constant is None or self.counted is not None \
                 else self.not_negative[self.not_negative < self.live_size]
             return sparse_bins(sorted_pos, positives, self.shared_placement, self.shared_group)
 

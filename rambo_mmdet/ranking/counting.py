@@ -27,16 +27,29 @@ strategies place the negatives, with identical results:
   share a cell with some positive are placed exactly (``searchsorted`` on a few per cent of the
   entries). ``O(nG)`` in a few vectorised passes (no sort, no per-entry binary search). Best
   when most negatives survive the filter (logits near the prior, at initialisation).
+
+The negatives of constant blocks (a detached score memory, ranked with the live scores on every
+call) need no placement: they receive no gradient, and only their number at or above each
+positive, before and after the blackbox perturbation, enters the ranks. They are sorted once
+(:func:`sort_negatives`, when a block is stored) and *counted* by binary search
+(:func:`count_at_or_above`, ``O(P log m)`` per block) instead of being filtered and placed on
+every call.
 """
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
+try:  # CPU fast paths only (torch alone suffices: a GPU machine may have no numpy)
+    import numpy as np
+except ImportError:  # pragma: no cover
+    np = None
+
 __all__ = ['float_order_keys', 'group_keys', 'add_counts', 'histogram', 'PositiveSet',
            'SortedPositives', 'sort_positives', 'candidate_floor', 'negative_candidates',
            'contains', 'place_sparse', 'sparse_bins', 'negatives_above', 'CellGrid', 'cells_of',
-           'cells_above', 'cell_crossings']
+           'cells_above', 'cell_crossings', 'SortedNegatives', 'sort_negatives',
+           'count_at_or_above']
 
 _SIGN_FLIP = 0x7FFFFFFF
 _KEY_OFFSET = 1 << 31
@@ -317,3 +330,67 @@ def cell_crossings(grid: CellGrid, before: Tensor, after: Tensor) -> Tensor:
     diff.index_add_(0, low + 1, sign)
     diff.index_add_(0, high, -sign)
     return diff.cumsum(0)[:size]
+
+
+class SortedNegatives(NamedTuple):
+    """The negatives of a constant ``[m, G]`` score block, sorted by ``(group, score)`` once
+    (:func:`sort_negatives`), to be counted (:func:`count_at_or_above`) rather than filtered
+    and placed.
+
+    Attributes:
+        keys (Tensor): ``[m * G]`` int64 :func:`group_keys`, ascending. The block's positives
+            are kept in it as ``-inf`` scores (below every finite score: never counted).
+        group_end (Tensor): ``[G]`` int64, where group ``g``'s keys end (``(g + 1) m``).
+    """
+    keys: Tensor
+    group_end: Tensor
+
+
+def sort_negatives(block: Tensor, positive: Tensor, on_host: bool = False) -> SortedNegatives:
+    """:class:`SortedNegatives` of a ``[m, G]`` float32 block of finite scores, whose positive
+    entries are marked by the ``[m, G]`` bool ``positive``; ``on_host`` (CPU tensors only):
+    sort with numpy (the same result; see :func:`_sorted_rows`)."""
+    rows, groups = block.shape
+    ascending = _sorted_rows(block.masked_fill(positive, float('-inf')).t().contiguous(), on_host)
+    group = torch.arange(groups, device=block.device)
+    keys = (group[:, None] << _GROUP_SHIFT) | float_order_keys(ascending)
+    return SortedNegatives(keys.view(-1), (group + 1) * rows)
+
+
+def _sorted_rows(values: Tensor, on_host: bool) -> Tensor:
+    """Each row of a ``[G, m]`` float32 tensor sorted ascending (values only). ``on_host``:
+    numpy's sort (CPU tensors): ``torch.sort`` also computes the permutation and takes ~20x
+    longer there (0.94 vs 0.04 ms for 10 x 2152 scores, one thread)."""
+    if on_host and np is not None:
+        return torch.from_numpy(np.sort(values.numpy(), axis=1))
+    return values.sort(dim=1).values
+
+
+def count_at_or_above(blocks: Sequence[SortedNegatives], sorted_pos: SortedPositives,
+                      on_host: bool = False) -> Tensor:
+    """``[P]`` int64, in the original order of the positives: for each positive score of
+    ``sorted_pos``, the number of the blocks' sorted negatives of its group scoring at or above
+    it (ties count, as they do for the live negatives: see the rank convention above).
+
+    One binary search of the (already sorted) positive keys per block; each block's keys stay
+    as sorted once (nothing per block is copied or written per call). No host read, unless
+    ``on_host`` (CPU tensors only): numpy's ``searchsorted`` then runs the searches, ~3x faster
+    than ``torch.searchsorted`` on the CPU with sorted queries (10 vs 32 us for 560 positives
+    in 21520 keys, one thread); the same counts.
+    """
+    keys = sorted_pos.keys
+    group = keys >> _GROUP_SHIFT
+    end = torch.stack([block.group_end for block in blocks]).sum(0)
+    if on_host and np is not None:
+        queries = keys.numpy()
+        below = np.zeros(queries.shape, dtype=np.int64)
+        for block in blocks:
+            below += np.searchsorted(block.keys.numpy(), queries)
+        below = torch.from_numpy(below)
+    else:
+        below = torch.zeros_like(keys)
+        for block in blocks:
+            below += torch.searchsorted(block.keys, keys)
+    count = torch.empty_like(keys)
+    count[sorted_pos.order] = end[group] - below
+    return count

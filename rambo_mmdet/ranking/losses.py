@@ -8,13 +8,13 @@ bfloat16 included) and return float32.
 Margin α: before ranking, negatives are shifted up by α/2 and positives down by α/2, so a positive
 must beat a negative by α to rank above it (applied inside the ranker, to the positives only).
 """
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .blackbox import GradScale, RankingProblem, rank_positives, rank_problems
-from .counting import PositiveSet
+from .counting import PositiveSet, SortedNegatives
 
 __all__ = ['check_scores', 'as_positive_set', 'average_precision_loss', 'mean_ap_loss',
            'recall_loss', 'detection_ap_loss', 'detection_ranking_loss', 'DetectionRankingLoss']
@@ -175,7 +175,9 @@ def detection_ranking_loss(scores: Tensor,
                            balanced_gain: Optional[float] = None,
                            balanced_below: Optional[float] = None,
                            balanced_margin: Optional[float] = None,
-                           error_driven: bool = False) -> DetectionRankingLoss:
+                           error_driven: bool = False,
+                           memory_negatives: Optional[Sequence[SortedNegatives]] = None
+                           ) -> DetectionRankingLoss:
     """RaMBO's detection loss ``(1 - β) L_mAP + β L_APC`` on a ``[N, C]`` score matrix.
 
     ``L_mAP``: mean of ``1 - AP_c`` over the classes with positives, each class ranking the
@@ -212,6 +214,10 @@ def detection_ranking_loss(scores: Tensor,
             negatives its perturbation crossed (which favours positives near the top, where
             ``dL/drk`` is largest); the negatives' gradient is unchanged (see
             :class:`~rambo_mmdet.ranking.blackbox.RankingProblem`).
+        memory_negatives (list of SortedNegatives, optional): the negatives of the ``memory`` rows,
+            sorted (:meth:`~rambo_mmdet.ranking.memory.ScoreMemory.sorted_negatives`): ``L_mAP``
+            then counts them by binary search instead of filtering and placing the memory on
+            every call. The same result; ignored without ``memory``.
 
     Returns:
         DetectionRankingLoss: ``loss``, a float32 scalar (a term without positives contributes
@@ -251,7 +257,8 @@ def detection_ranking_loss(scores: Tensor,
                                        excluded_rows, constant,
                                        None if balanced_gain is None
                                        else balanced_gain * (1.0 - interclass_weight),
-                                       error_driven))
+                                       error_driven,
+                                       None if constant is None else memory_negatives))
         weights.append(1.0 - interclass_weight)
     if interclass_weight > 0:
         excluded_entries = None

@@ -9,15 +9,21 @@ Bound: at most ``max_rows`` rows are kept per batch. When a batch has more rows,
 positive are kept first, then the negative rows whose highest score is largest (the only negatives
 that can rank above positives). With the RoI box head of Faster R-CNN (512 RoIs per image) the default
 keeps every row of a batch of up to 8 images: exactly the paper's memory.
+
+The stored negatives never receive gradient; a ranker only needs their number at or above each
+positive. :meth:`ScoreMemory.sorted_negatives` sorts each stored batch's negatives once, at its first
+use, so that every later call counts them by binary search instead of filtering and placing the
+whole memory again (see :mod:`rambo_mmdet.ranking.counting`).
 """
 from collections import deque
-from typing import Deque, Optional, Tuple
+from typing import Deque, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from .blackbox import STAGES
+from .blackbox import STAGES, reads_host_freely
+from .counting import SortedNegatives, sort_negatives
 
 __all__ = ['ScoreMemory']
 
@@ -41,6 +47,8 @@ class ScoreMemory(nn.Module):
         self.num_batches = num_batches
         self.max_rows = max_rows
         self._batches: Deque[Tuple[Tensor, Tensor]] = deque(maxlen=max(num_batches, 1))
+        # each stored batch's sorted negatives (None until first asked for)
+        self._sorted: Deque[Optional[SortedNegatives]] = deque(maxlen=max(num_batches, 1))
 
     def __len__(self) -> int:
         return len(self._batches)
@@ -48,6 +56,7 @@ class ScoreMemory(nn.Module):
     def reset(self) -> None:
         """Forget every stored batch."""
         self._batches.clear()
+        self._sorted.clear()
 
     @torch.no_grad()
     @record_function(STAGES['memory'])
@@ -75,6 +84,7 @@ class ScoreMemory(nn.Module):
             keep = self._rows_to_keep(scores, targets)
             scores, targets = scores[keep], targets[keep]
         self._batches.append((scores.clone(), targets.detach().clone()))
+        self._sorted.append(None)
 
     def _rows_to_keep(self, scores: Tensor, targets: Tensor) -> Tensor:
         """Indices of ``max_rows`` rows: positive rows first, then the highest-scoring others."""
@@ -92,6 +102,31 @@ class ScoreMemory(nn.Module):
         device = like.device
         return (torch.cat([s.to(device) for s, _ in self._batches]),
                 torch.cat([t.to(device) for _, t in self._batches]))
+
+    @record_function(STAGES['memory'])
+    def sorted_negatives(self, like: Tensor) -> Optional[List[SortedNegatives]]:
+        """The negatives of the rows of :meth:`contents`, sorted per class, one
+        :class:`~rambo_mmdet.ranking.counting.SortedNegatives` per stored batch (on ``like``'s
+        device), for a :class:`~rambo_mmdet.ranking.blackbox.RankingProblem` that ranks those
+        rows (``constant_negatives``); None when :meth:`contents` is None. Each stored batch is
+        sorted once, at its first use, and never written again (a graph that still holds it
+        stays valid after later pushes)."""
+        if not self._batches or self._batches[0][0].shape[1] != like.shape[1]:
+            return None
+        for i, ((scores, targets), block) in enumerate(zip(self._batches, self._sorted)):
+            if block is None:
+                self._sorted[i] = sort_negatives(scores, self._positive_mask(scores, targets),
+                                                 scores.device.type == 'cpu'
+                                                 and reads_host_freely(scores.device))
+        device = like.device
+        return [SortedNegatives(keys.to(device), end.to(device)) for keys, end in self._sorted]
+
+    @staticmethod
+    def _positive_mask(scores: Tensor, targets: Tensor) -> Tensor:
+        """``[m, C]`` bool positives of stored rows (``targets``: labels or the mask itself)."""
+        if targets.dim() == 2:
+            return targets
+        return targets[:, None] == torch.arange(scores.shape[1], device=targets.device)
 
     def extend(self, scores: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor]:
         """The current batch followed by the remembered rows (moved to ``scores``' device).
@@ -117,6 +152,7 @@ class ScoreMemory(nn.Module):
             device = fn(scores[:0]).device
             moved.append((scores.to(device), targets.to(device)))
         self._batches = deque(moved, maxlen=self._batches.maxlen)
+        self._sorted = deque([None] * len(moved), maxlen=self._sorted.maxlen)
         return self
 
     def extra_repr(self) -> str:

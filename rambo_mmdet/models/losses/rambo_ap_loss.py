@@ -445,12 +445,16 @@ class RaMBOAPLoss(nn.Module):
         if self.calibration == 'per_class' and num_classes != self.num_classes:
             raise ValueError(f'{self.name}: per_class calibration of {self.num_classes} classes, '
                              f'got scores with {num_classes} columns')
-        rows = torch.arange(num_rows, device=cls_score.device)
+        rows = None  # None: every row, not copied
         if label_weights is not None:
-            rows = rows[_kept_rows(label_weights)]
-        positive = labels[rows] < num_classes
+            keep = _kept_rows(label_weights)
+            if not bool(keep.all()):
+                rows = keep.nonzero().squeeze(1)
         row_weights = None
-        if rows.numel() > self.calibration_max_rows:
+        if (num_rows if rows is None else rows.numel()) > self.calibration_max_rows:
+            if rows is None:
+                rows = torch.arange(num_rows, device=cls_score.device)
+            positive = labels[rows] < num_classes
             pos_rows, neg_rows = rows[positive], rows[~positive]
             room = max(self.calibration_max_rows - pos_rows.numel(), 1)
             stride = -(-neg_rows.numel() // room)  # ceil
@@ -460,8 +464,9 @@ class RaMBOAPLoss(nn.Module):
                 torch.ones(pos_rows.numel(), device=rows.device),
                 torch.full((kept_neg.numel(), ), neg_rows.numel() / max(kept_neg.numel(), 1),
                            device=rows.device)])
-        logits = cls_score.detach()[rows]
-        targets = labels[rows][:, None] == torch.arange(num_classes, device=labels.device)
+        logits = cls_score.detach() if rows is None else cls_score.detach()[rows]
+        row_labels = labels if rows is None else labels[rows]
+        targets = row_labels[:, None] == torch.arange(num_classes, device=labels.device)
         self._calibration_step(logits, targets, row_weights, use_global)
 
     def calibration_due(self) -> bool:
@@ -690,6 +695,7 @@ class RaMBOAPLoss(nn.Module):
             scores, labels,
             excluded_rows=excluded,
             memory=memory,
+            memory_negatives=self.memory.sorted_negatives(scores) if remember else None,
             lambda_val=self.lambda_val, margin=self.margin,
             interclass_weight=self.interclass_weight, grad_scale=grad_scale,
             balanced_gain=self.balanced_gain, balanced_below=self._balanced_below(),
