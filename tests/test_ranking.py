@@ -502,3 +502,10 @@ def test_sorted_negatives_of_a_relevance_memory_leave_its_positives_out():
     sorted_pos = sort_positives(torch.tensor([1.5, -1.0]), positives)
     counts = count_at_or_above(memory.sorted_negatives(stored), sorted_pos)
     assert counts.tolist() == [1, 2]  # class 0: only 2.0 (3.0 is a positive); class 1: both
+
+
+def test_count_at_or_above_without_blocks_counts_nothing():
+    from rambo_mmdet.ranking.counting import PositiveSet, count_at_or_above, sort_positives
+    positives = PositiveSet.from_flat_index(torch.tensor([0, 3]), 2)
+    counts = count_at_or_above([], sort_positives(torch.tensor([0.5, -1.0]), positives))
+    assert counts.tolist() == [0, 0] and counts.dtype == torch.int64

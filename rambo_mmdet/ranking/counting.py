@@ -379,6 +379,8 @@ def count_at_or_above(blocks: Sequence[SortedNegatives], sorted_pos: SortedPosit
     in 21520 keys, one thread); the same counts.
     """
     keys = sorted_pos.keys
+    if not blocks:
+        return torch.zeros_like(keys)
     group = keys >> _GROUP_SHIFT
     end = torch.stack([block.group_end for block in blocks]).sum(0)
     if on_host and np is not None:
