@@ -77,6 +77,13 @@ def reads_host_freely(device: torch.device) -> bool:
     return not (device.type != 'cpu' if SYNC_FREE is None else SYNC_FREE)
 
 
+def searches_on_host(device: torch.device) -> bool:
+    """Whether sorts and binary searches of tensors on ``device`` run in numpy (faster than
+    torch's on the CPU, see :mod:`~rambo_mmdet.ranking.counting`): on the CPU, unless its
+    sync-free path is forced (:data:`SYNC_FREE`, as the tests audit the GPU's)."""
+    return device.type == 'cpu' and reads_host_freely(device)
+
+
 class RankingProblem(NamedTuple):
     """``G`` rankings (columns) over the live scores viewed as ``[n, G]``, plus constant rows.
 
@@ -187,8 +194,7 @@ class _Solver:
         self.pos_scores = self._gather(positives.flat_index) - margin
         # the constant block's negatives, when given sorted: counted, not placed
         self.counted = None if problem.constant is None else problem.constant_negatives
-        # numpy's binary search is faster on the CPU, where a host read costs nothing
-        self.count_on_host = live.device.type == 'cpu' and not self.sync_free
+        self.count_on_host = searches_on_host(live.device)
         self.excluded_flat = None
         if num_excluded:
             self.excluded_flat = (self.excluded[:, None] * groups

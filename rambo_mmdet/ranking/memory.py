@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from .blackbox import STAGES, reads_host_freely
+from .blackbox import STAGES, searches_on_host
 from .counting import SortedNegatives, sort_negatives
 
 __all__ = ['ScoreMemory']
@@ -116,8 +116,7 @@ class ScoreMemory(nn.Module):
         for i, ((scores, targets), block) in enumerate(zip(self._batches, self._sorted)):
             if block is None:
                 self._sorted[i] = sort_negatives(scores, self._positive_mask(scores, targets),
-                                                 scores.device.type == 'cpu'
-                                                 and reads_host_freely(scores.device))
+                                                 searches_on_host(scores.device))
         device = like.device
         return [SortedNegatives(keys.to(device), end.to(device)) for keys, end in self._sorted]
 
