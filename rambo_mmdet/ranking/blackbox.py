@@ -192,8 +192,10 @@ class _Solver:
         self.live_size = self.live.numel()
         self.sync_free = not reads_host_freely(live.device)
         self.pos_scores = self._gather(positives.flat_index) - margin
-        # the constant block's negatives, when given sorted: counted, not placed
+        # the constant block's negatives, when given sorted: counted, not placed; else the
+        # block is placed with the live entries
         self.counted = None if problem.constant is None else problem.constant_negatives
+        self.placed_constant = problem.constant if self.counted is None else None
         self.count_on_host = searches_on_host(live.device)
         self.excluded_flat = None
         if num_excluded:
@@ -203,8 +205,8 @@ class _Solver:
     def _candidates(self, floor: Tensor, within: Optional[Tensor] = None) -> Tensor:
         positives = self.problem.positives
         index = negative_candidates(self.live, floor, 0, positives, self.excluded_flat, within)
-        if self.problem.constant is not None and self.counted is None:
-            index = torch.cat([index, negative_candidates(self.problem.constant, floor,
+        if self.placed_constant is not None:
+            index = torch.cat([index, negative_candidates(self.placed_constant, floor,
                                                           self.live_size, positives)])
         return index
 
@@ -212,8 +214,7 @@ class _Solver:
         """Fraction of the entries scoring at or above their group's ``floor`` (a 0-dim tensor),
         counted on every ``stride``-th row of a problem above :data:`SURVIVAL_SAMPLE` entries.
         It only chooses the strategy (both are exact), so an estimate is enough."""
-        blocks = [self.live] + ([] if self.problem.constant is None or self.counted is not None
-                                else [self.problem.constant])
+        blocks = [self.live] + ([] if self.placed_constant is None else [self.placed_constant])
         total = sum(block.numel() for block in blocks)
         if total == 0:
             return floor.new_zeros(())
@@ -335,9 +336,9 @@ class _Solver:
         """The entries to place, flat: the live scores, then the constant rows unless their
         negatives are counted (a copy only with constant rows)."""
         live = self.live.reshape(-1)
-        if self.problem.constant is None or self.counted is not None:
+        if self.placed_constant is None:
             return live
-        return torch.cat([live, self.problem.constant.reshape(-1)])
+        return torch.cat([live, self.placed_constant.reshape(-1)])
 
     def _grid(self, entries: Tensor) -> CellGrid:
         """Cells over the entries' score range (one host sync), sized to the group length."""
@@ -416,8 +417,7 @@ class _Solver:
             self.counts = add_counts(counts, self.cell[self.shared], -1)
             self.above_cells = cells_above(self.counts, grid)[self.pos_cell.long()]
             # the live entries that are no negatives (their gradient is the positives' own)
-            self.not_negative_live = self.not_negative \
-                if self.problem.constant is None or self.counted is not None \
+            self.not_negative_live = self.not_negative if self.placed_constant is None \
                 else self.not_negative[self.not_negative < self.live_size]
             return sparse_bins(sorted_pos, positives, self.shared_placement, self.shared_group)
 
